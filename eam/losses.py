@@ -1,0 +1,216 @@
+"""Adjoint Matching (method.md §3) and Efficient Adjoint Matching (§4, §5) losses.
+
+Each loss returns a `LossOutput`: the scalar to minimise (mean over samples and loss timesteps,
+summed over coordinates), the training reward at the sampled endpoints, and the function
+evaluations it spent by kind, in sample-evaluations (a batch of B counts B).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from .interpolants import _bcast
+from .models import VelocityModel
+from .reference import LinearReference
+from .rewards import Reward, reward_grad
+from .samplers import ode_sample, sde_sample
+
+NFE_KINDS = ("model_fwd", "model_train", "base_fwd", "base_vjp", "reward_vjp")
+
+
+@dataclass
+class LossOutput:
+    loss: torch.Tensor
+    reward: torch.Tensor
+    nfe: dict = field(default_factory=lambda: dict.fromkeys(NFE_KINDS, 0))
+
+
+def _sqnorm(z: torch.Tensor) -> torch.Tensor:
+    return z.flatten(1).pow(2).sum(1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Adjoint Matching
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class AMConfig:
+    n_steps: int = 40                 # N Euler–Maruyama steps
+    offset: float | None = None       # σ offset h near t = 0 (default: one step, 1/N)
+    time_subset: str = "last_random"  # "last_random" | "stratified" | "all"
+    n_last: int = 10                  # last_random: the last n_last steps ...
+    n_random: int = 10                # ... plus n_random others drawn uniformly
+    n_stratified: int = 4             # stratified: half below 60% of the trajectory, half above
+    clip_quantile: float | None = None  # drop per-sample losses above an EMA of this quantile
+
+
+class QuantileClipper:
+    """The official AM code's per-sample clipping: an EMA (decay 0.9, plain average for the first
+    1/(1-decay)... updates) of the q-quantile of sqrt(loss); entries at or above it are dropped."""
+
+    def __init__(self, quantile: float, decay: float = 0.9):
+        self.q, self.decay, self.updates, self.value = quantile, decay, 0, 0.0
+
+    def update(self, per_sample: torch.Tensor) -> torch.Tensor:
+        root = per_sample.detach().sqrt()
+        q = torch.quantile(root, self.q).item()
+        if self.updates < 1 / self.decay:
+            self.value += (q - self.value) / (self.updates + 1)
+        else:
+            self.value = self.decay * self.value + (1 - self.decay) * q
+        self.updates += 1
+        return (root < self.value).to(per_sample.dtype)
+
+
+def am_time_subset(cfg: AMConfig, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Indices k of the loss steps in 0..N-1."""
+    N = cfg.n_steps
+    if cfg.time_subset == "all":
+        return torch.arange(N)
+    if cfg.time_subset == "last_random":
+        last = torch.arange(max(N - cfg.n_last, 0), N)
+        others = torch.randperm(max(N - cfg.n_last, 0), generator=generator)[: cfg.n_random]
+        return torch.cat([others.sort().values, last])
+    if cfg.time_subset == "stratified":
+        mid = round(0.6 * N)
+        lo = torch.randperm(mid, generator=generator)[: cfg.n_stratified // 2]
+        hi = mid + torch.randperm(N - mid, generator=generator)[: cfg.n_stratified - cfg.n_stratified // 2]
+        return torch.cat([lo, hi]).sort().values
+    raise ValueError(f"unknown AM time subset {cfg.time_subset!r}; expected last_random, stratified or all")
+
+
+def lean_adjoint(base: VelocityModel, traj: torch.Tensor, ts: torch.Tensor, a_final: torch.Tensor,
+                 offset: float, cond=None):
+    """ã_N = a_final; ã_k = ã_{k+1} + h ã_{k+1}ᵀ ∇_x b_base(X_k, t_k) (the exact adjoint of the
+    Euler–Maruyama step, one base VJP per step). Returns ã_0..ã_N and v_base(X_k, t_k), k < N."""
+    interp, N = base.interpolant, traj.shape[0] - 1
+    adj, v_base = [None] * (N + 1), [None] * N
+    adj[N] = a = a_final
+    for k in range(N - 1, -1, -1):
+        h = ts[k + 1] - ts[k]
+        with torch.enable_grad():
+            x = traj[k].detach().requires_grad_(True)
+            v = base(x, ts[k], cond)
+            (jv,) = torch.autograd.grad(v, x, a)
+        # ∇_x b_base = 2 ∇_x v_base - (α̇/α) I
+        a = a + h * (2 * jv - interp.drift_coefficient(ts[k], offset) * a)
+        adj[k], v_base[k] = a, v.detach()
+    return torch.stack(adj), torch.stack(v_base)
+
+
+def am_loss(model: VelocityModel, base: VelocityModel, reward: Reward, lam: float, x0: torch.Tensor,
+            cfg: AMConfig, cond=None, clipper: QuantileClipper | None = None,
+            generator: torch.Generator | None = None) -> LossOutput:
+    """L_AM = mean_{k∈K} ‖(2/σ_k)(v_θ - v_base)(X_k, t_k) + σ_k ã_k‖² on one fresh SDE trajectory."""
+    B, N = x0.shape[0], cfg.n_steps
+    offset = 1.0 / N if cfg.offset is None else cfg.offset
+    out = LossOutput(None, None)
+    traj, ts, _ = sde_sample(model, x0, N, offset, cond, generator)
+    out.nfe["model_fwd"] += N * B
+    r, grad_r = reward_grad(reward, traj[-1], cond)
+    out.nfe["reward_vjp"] += B
+    adj, v_base = lean_adjoint(base, traj, ts, -lam * grad_r, offset, cond)
+    out.nfe["base_vjp"] += N * B
+
+    ks = am_time_subset(cfg, generator)
+    x_k, t_k = traj[ks].flatten(0, 1), ts[ks].repeat_interleave(B)
+    v_theta = model(x_k, t_k, _repeat_cond(cond, len(ks)))
+    out.nfe["model_train"] += len(ks) * B
+    sigma = _bcast(model.interpolant.sigma(t_k, offset), x_k)
+    per = _sqnorm(2 / sigma * (v_theta - v_base[ks].flatten(0, 1)) + sigma * adj[ks].flatten(0, 1))
+    per = per.view(len(ks), B).mean(0)  # per sample, averaged over the loss steps
+    if clipper is not None:
+        per = per * clipper.update(per)
+    out.loss, out.reward = per.mean(), r
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Efficient Adjoint Matching
+# ---------------------------------------------------------------------------------------------
+BASE_SCORES = ("endpoint", "exact", "bridge")
+
+
+@dataclass
+class EAMConfig:
+    ode_steps: int = 8              # K steps of the few-step sampler for x_1
+    ode_method: str = "euler"       # "euler" | "heun"
+    n_times: int = 8                # M loss timesteps per x_1
+    base_score: str = "endpoint"    # "endpoint" | "exact" | "bridge" (§5)
+    delta: float = 0.05             # endpoint: evaluate the base at t' = 1 - δ
+    weighting: str = "u"            # "u": weight 4/σ² (u-space), "v": plain v-space regression
+    t_min: float = 0.02             # loss times are stratified over [t_min, t_max]
+    t_max: float = 0.98
+
+
+def base_score_endpoint(base: VelocityModel, x1: torch.Tensor, delta: float, cond=None) -> torch.Tensor:
+    """∇log p_base(x_1) ≈ α' s_base(α' x_1, t'), t' = 1 - δ: the exact score of p_base * N(0, (β'/α')²I)."""
+    t = torch.full((x1.shape[0],), 1.0 - delta, dtype=x1.dtype, device=x1.device)
+    a = _bcast(base.interpolant.alpha(t), x1)
+    x = a * x1
+    return a * base.interpolant.velocity_to_score(base(x, t, cond), x, t)
+
+
+def eam_times(cfg: EAMConfig, n: int, generator=None, device=None, dtype=None) -> torch.Tensor:
+    """n stratified times in [t_min, t_max]: one uniform draw in each of n equal strata, shuffled."""
+    u = (torch.arange(n, dtype=dtype) + torch.rand(n, generator=generator, dtype=dtype)) / n
+    u = u[torch.randperm(n, generator=generator)]
+    return (cfg.t_min + (cfg.t_max - cfg.t_min) * u).to(device)
+
+
+def eam_loss(model: VelocityModel, base: VelocityModel, reward: Reward, lam: float, x0: torch.Tensor,
+             ref: LinearReference, cfg: EAMConfig, cond=None, exact_score=None,
+             generator: torch.Generator | None = None) -> LossOutput:
+    """L_EAM = mean ‖(2/σ_t)(v_θ(x_t, t) - v_lin(x_t, t)) + σ_t Φ(t) ∇g(x_1)‖², x_t = α x_1 + β ε."""
+    if cfg.weighting not in ("u", "v"):
+        raise ValueError(f"unknown EAM weighting {cfg.weighting!r}; expected 'u' or 'v'")
+    B, M = x0.shape[0], cfg.n_times
+    interp = model.interpolant
+    out = LossOutput(None, None)
+    x1 = ode_sample(model, x0, cfg.ode_steps, cfg.ode_method, cond)
+    out.nfe["model_fwd"] += cfg.ode_steps * B * (2 if cfg.ode_method == "heun" else 1)
+    r, grad_r = reward_grad(reward, x1, cond)
+    out.nfe["reward_vjp"] += B
+
+    # ∇g(x_1) = ∇log p_lin - ∇log p_base - λ∇r  (§4, §5)
+    if cfg.base_score == "endpoint":
+        with torch.no_grad():
+            grad_g = ref.score_data(x1) - base_score_endpoint(base, x1, cfg.delta, cond) - lam * grad_r
+        out.nfe["base_fwd"] += B
+    elif cfg.base_score == "exact":
+        if exact_score is None:
+            raise ValueError("base_score 'exact' needs an analytic base score (only benchmark bases have one)")
+        grad_g = ref.score_data(x1) - exact_score(x1) - lam * grad_r
+    elif cfg.base_score == "bridge":
+        grad_g = -lam * grad_r
+    else:
+        raise ValueError(f"unknown base_score {cfg.base_score!r}; expected one of {BASE_SCORES}")
+
+    t = eam_times(cfg, B * M, generator, x0.device, x0.dtype)
+    x1m, gm, condm = x1.repeat(M, *[1] * (x1.dim() - 1)), grad_g.repeat(M, *[1] * (x1.dim() - 1)), _repeat_cond(cond, M)
+    a, b = (_bcast(c, x1m) for c in interp.coefficients(t)[:2])
+    eps = torch.randn(x1m.shape, generator=generator, dtype=x1m.dtype).to(x1m.device)
+    xt = a * x1m + b * eps
+    sigma2 = _bcast(interp.sigma(t) ** 2, xt)
+    shift = 0.5 * sigma2 * ref.phi(t, xt) * gm  # (σ²/2) Φ(t) ∇g(x_1)
+    if cfg.base_score == "bridge":
+        # biased ablation: the pretrained control at x_t replaces the base part of the target
+        with torch.no_grad():
+            target = base(xt, t, condm) - shift
+        out.nfe["base_fwd"] += B * M
+    else:
+        target = ref.velocity(xt, t) - shift
+    v_theta = model(xt, t, condm)
+    out.nfe["model_train"] += B * M
+    weight = 4 / sigma2.flatten() if cfg.weighting == "u" else torch.ones_like(t)
+    out.loss, out.reward = (weight * _sqnorm(v_theta - target)).mean(), r
+    return out
+
+
+def _repeat_cond(cond, n: int):
+    """Conditioning repeated for n stacked copies of the batch (None, a tensor, or a list)."""
+    if cond is None:
+        return None
+    if isinstance(cond, torch.Tensor):
+        return cond.repeat(n, *[1] * (cond.dim() - 1))
+    return list(cond) * n

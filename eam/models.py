@@ -1,0 +1,81 @@
+"""The model interface v(x, t, cond) shared by toy and diffusers models, with an NFE counter."""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from .interpolants import Interpolant
+
+
+class VelocityModel(nn.Module):
+    """A velocity field on an interpolant. Calling it counts one function evaluation per row.
+
+    Subclasses implement `velocity(x, t, cond)` with t of shape [B]. `nfe` is the number of
+    sample-evaluations so far (a batch of B counts B), so `nfe / B` is NFEs per sample.
+    """
+
+    def __init__(self, interpolant: Interpolant):
+        super().__init__()
+        self.interpolant = interpolant
+        self.nfe = 0
+
+    def forward(self, x: torch.Tensor, t, cond=None) -> torch.Tensor:
+        t = torch.as_tensor(t, dtype=x.dtype, device=x.device).expand(x.shape[0])
+        self.nfe += x.shape[0]
+        return self.velocity(x, t, cond)
+
+    def velocity(self, x, t, cond=None):
+        raise NotImplementedError
+
+
+class TimeEmbedding(nn.Module):
+    """Fourier features of t at geometric frequencies, plus the features log t and log(1 - t),
+    which resolve the fast changes of a velocity field near the data end t → 1."""
+
+    def __init__(self, n_freq: int = 8, max_freq: float = 64.0, eps: float = 1e-3):
+        super().__init__()
+        self.register_buffer("freqs", math.pi * torch.logspace(0, math.log10(max_freq), n_freq))
+        self.eps = eps
+        self.dim = 2 * n_freq + 3
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        t = t[:, None]
+        ang = t * self.freqs
+        logs = [torch.log(t + self.eps), torch.log(1 - t + self.eps)]
+        return torch.cat([t, *logs, ang.sin(), ang.cos()], dim=1)
+
+
+class MLP(nn.Module):
+    """x ⊕ time features → hidden layers (SiLU) → output; the last layer starts at zero."""
+
+    def __init__(self, dim: int, hidden: int = 256, depth: int = 3, time_embedding: TimeEmbedding | None = None):
+        super().__init__()
+        self.time = time_embedding or TimeEmbedding()
+        layers, width = [], dim + self.time.dim
+        for _ in range(depth):
+            layers += [nn.Linear(width, hidden), nn.SiLU()]
+            width = hidden
+        self.body = nn.Sequential(*layers)
+        self.head = nn.Linear(width, dim)
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
+
+    def forward(self, x, t):
+        return self.head(self.body(torch.cat([x, self.time(t)], dim=1)))
+
+
+class ResidualVelocity(VelocityModel):
+    """Fine-tuned model v_θ = v_base + f_θ(x, t) with f_θ zero at initialisation (so v_θ = v_base)."""
+
+    def __init__(self, base: VelocityModel, residual: nn.Module):
+        super().__init__(base.interpolant)
+        self.base = base.requires_grad_(False)
+        self.residual = residual
+
+    def velocity(self, x, t, cond=None):
+        return self.base.velocity(x, t, cond) + self.residual(x, t)
+
+    def trainable_parameters(self):
+        return self.residual.parameters()

@@ -1,0 +1,28 @@
+"""Name → class registries, so a reward or a base model is one file plus one registration."""
+from __future__ import annotations
+
+_REGISTRIES: dict[str, dict[str, type]] = {}
+
+
+def register(kind: str, name: str):
+    """Class decorator: `@register("reward", "linear")`."""
+
+    def wrap(cls):
+        table = _REGISTRIES.setdefault(kind, {})
+        if name in table:
+            raise ValueError(f"{kind} {name!r} is registered twice ({table[name].__module__} and {cls.__module__})")
+        table[name] = cls
+        return cls
+
+    return wrap
+
+
+def lookup(kind: str, name: str) -> type:
+    table = _REGISTRIES.get(kind, {})
+    if name not in table:
+        raise KeyError(f"unknown {kind} {name!r}; registered: {', '.join(sorted(table)) or 'none'}")
+    return table[name]
+
+
+def names(kind: str) -> list[str]:
+    return sorted(_REGISTRIES.get(kind, {}))

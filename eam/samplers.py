@@ -1,0 +1,50 @@
+"""Samplers: Euler and Heun ODE of a velocity field, memoryless Euler–Maruyama SDE (method.md §2)."""
+from __future__ import annotations
+
+import torch
+
+from .interpolants import _bcast
+from .models import VelocityModel
+
+
+def time_grid(steps: int, device=None, dtype=None) -> torch.Tensor:
+    return torch.linspace(0.0, 1.0, steps + 1, device=device, dtype=dtype)
+
+
+@torch.no_grad()
+def ode_sample(model: VelocityModel, x: torch.Tensor, steps: int, method: str = "euler", cond=None) -> torch.Tensor:
+    """Integrate dx/dt = v(x, t) from t = 0 (noise) to t = 1 (data) with `steps` uniform steps."""
+    ts = time_grid(steps, x.device, x.dtype)
+    for t, t_next in zip(ts[:-1], ts[1:]):
+        h = t_next - t
+        v = model(x, t, cond)
+        if method == "euler":
+            x = x + h * v
+        elif method == "heun":
+            x_pred = x + h * v
+            x = x + 0.5 * h * (v + model(x_pred, t_next, cond))
+        else:
+            raise ValueError(f"unknown ODE method {method!r}; expected 'euler' or 'heun'")
+    return x
+
+
+@torch.no_grad()
+def sde_sample(model: VelocityModel, x: torch.Tensor, steps: int, offset: float | None = None, cond=None,
+               generator: torch.Generator | None = None):
+    """Memoryless SDE dX = b(X, t) dt + σ(t) dB with b = 2v - (α̇/α)x, by Euler–Maruyama.
+
+    Returns the trajectory [steps + 1, B, ...], the grid t_0..t_N and the model velocities at
+    t_0..t_{N-1}. `offset` h (default: one step) keeps σ and α̇/α finite at t = 0.
+    """
+    interp = model.interpolant
+    ts = time_grid(steps, x.device, x.dtype)
+    h = 1.0 / steps
+    offset = h if offset is None else offset
+    traj, vels = [x], []
+    for t in ts[:-1]:
+        v = model(x, t, cond)
+        noise = torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
+        x = x + h * interp.drift(v, x, t, offset) + _bcast(interp.sigma(t, offset), x) * h**0.5 * noise
+        traj.append(x)
+        vels.append(v)
+    return torch.stack(traj), ts, torch.stack(vels)
