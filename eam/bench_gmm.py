@@ -48,8 +48,9 @@ class GMMCase:
 
 
 def _vector(value, n: int, key: str) -> list[float]:
-    if not isinstance(value, list) or len(value) != n or not all(isinstance(v, (int, float)) for v in value):
-        raise CaseError(f"'{key}' must be a list of {n} numbers, got {value!r}")
+    if not isinstance(value, list) or len(value) != n or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value):
+        raise CaseError(f"'{key}' must be a list of {n} finite numbers, got {value!r}")
     return [float(v) for v in value]
 
 
@@ -122,7 +123,8 @@ def load_case(path: str) -> GMMCase:
 class GMMTrainConfig:
     iters: int = 1500
     batch: int = 256
-    lr: float = 1e-3
+    lr: float = 3e-3
+    lr_final: float = 0.05  # cosine decay of the learning rate to lr × lr_final at the last iteration
     hidden: int = 256
     depth: int = 3
     ema: float = 0.99
@@ -151,6 +153,8 @@ def run(case: GMMCase, method: str, cfg: GMMTrainConfig, seed: int = 0, progress
     reward, target = case.reward(), case.target()
     ref = LinearReference(interp)
     opt = torch.optim.Adam(model.residual.parameters(), lr=cfg.lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda i: cfg.lr_final + (1 - cfg.lr_final) * 0.5 * (1 + math.cos(math.pi * min(i / cfg.iters, 1.0))))
     clipper = QuantileClipper(cfg.am.clip_quantile) if cfg.am.clip_quantile else None
 
     g = torch.Generator().manual_seed(10_000 + seed)
@@ -170,6 +174,7 @@ def run(case: GMMCase, method: str, cfg: GMMTrainConfig, seed: int = 0, progress
             out.loss.backward()
             torch.nn.utils.clip_grad_norm_(model.residual.parameters(), cfg.grad_clip)
             opt.step()
+            sched.step()
             ema.update(model)
             ledger.add(out.nfe)
         if it % cfg.eval_every == 0 or it == cfg.iters:

@@ -45,8 +45,9 @@ class AMConfig:
 
 
 class QuantileClipper:
-    """The official AM code's per-sample clipping: an EMA (decay 0.9, plain average for the first
-    1/(1-decay)... updates) of the q-quantile of sqrt(loss); entries at or above it are dropped."""
+    """The official AM code's per-sample clipping: an EMA (decay 0.9; a plain running average while
+    fewer than 1/decay updates were made) of the q-quantile of sqrt(loss); entries at or above it
+    are dropped from the loss."""
 
     def __init__(self, quantile: float, decay: float = 0.9):
         self.q, self.decay, self.updates, self.value = quantile, decay, 0, 0.0

@@ -12,5 +12,5 @@ def sliced_w2(x: torch.Tensor, y: torch.Tensor, n_proj: int = 512, seed: int = 0
     g = torch.Generator().manual_seed(seed)
     theta = torch.randn(x.shape[1], n_proj, generator=g, dtype=torch.float64)
     theta = theta / theta.norm(dim=0, keepdim=True)
-    px, py = (x.double() @ theta).sort(0).values, (y.double() @ theta).sort(0).values
+    px, py = ((z.double() @ theta).T.contiguous().sort(1).values for z in (x, y))
     return float(((px - py) ** 2).mean().sqrt())

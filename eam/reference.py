@@ -14,8 +14,8 @@ class LinearReference:
 
     def __init__(self, interpolant: Interpolant, mean=0.0, var=1.0):
         self.interpolant = interpolant
-        self.m = torch.as_tensor(mean, dtype=torch.get_default_dtype())
-        self.S = torch.as_tensor(var, dtype=torch.get_default_dtype())
+        self.m = torch.as_tensor(mean, dtype=torch.float64)
+        self.S = torch.as_tensor(var, dtype=torch.float64)
 
     @classmethod
     def fit(cls, interpolant: Interpolant, samples: torch.Tensor, reduce_dims=(0,)):

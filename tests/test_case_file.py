@@ -1,0 +1,154 @@
+"""Gaussian-mixture case files (the ground truth of method.md §7.6): schema errors are one-line
+CaseErrors (ValueErrors) naming the offending key, and the CLI turns them into exit code 2."""
+import copy
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from eam.bench_gmm import CaseError, load_case, parse_case
+
+ROOT = Path(__file__).resolve().parents[1]
+F64 = torch.float64
+
+VALID = {
+    "description": "two components, linear reward",
+    "dim": 2,
+    "components": [
+        {"weight": 0.25, "mean": [-1.0, 0.5], "cov": [[0.3, 0.1], [0.1, 0.2]]},
+        {"weight": 0.75, "mean": [1.5, -0.5], "cov": [[0.5, 0.0], [0.0, 0.1]]},
+    ],
+    "reward": {"type": "linear", "c": [1.0, -0.5]},
+    "lambda": 0.8,
+}
+QUADRATIC = {"type": "quadratic", "center": [0.5, 0.5], "tau": 2.0}
+
+
+def _mutate(path, value=None, delete=False, reward=None):
+    d = copy.deepcopy(VALID)
+    if reward is not None:
+        d["reward"] = copy.deepcopy(reward)
+    *parents, last = path
+    node = d
+    for p in parents:
+        node = node[p]
+    if delete:
+        del node[last]
+    else:
+        node[last] = value
+    return d
+
+
+# (case id, mutated mapping, a string the message must contain)
+BAD = [
+    ("missing_lambda", _mutate(["lambda"], delete=True), "lambda"),
+    ("unknown_key", _mutate(["temperature"], 1.0), "temperature"),
+    ("wrong_length_mean", _mutate(["components", 1, "mean"], [1.0, 2.0, 3.0]), "components[1].mean"),
+    ("non_symmetric_cov", _mutate(["components", 0, "cov"], [[0.3, 0.2], [0.0, 0.2]]), "components[0].cov"),
+    ("non_pd_cov", _mutate(["components", 1, "cov"], [[1.0, 2.0], [2.0, 1.0]]), "components[1].cov"),
+    ("unknown_reward_type", _mutate(["reward", "type"], "cubic"), "reward.type"),
+    ("non_numeric_tau", _mutate(["reward", "tau"], "abc", reward=QUADRATIC), "reward.tau"),
+    ("negative_weight", _mutate(["components", 0, "weight"], -0.25), "components[0].weight"),
+]
+
+
+def _check_error(exc_info, key):
+    msg = str(exc_info.value)
+    assert isinstance(exc_info.value, ValueError)
+    assert "\n" not in msg and msg.strip() == msg and msg
+    assert key in msg, msg
+
+
+@pytest.mark.parametrize("data,key", [b[1:] for b in BAD], ids=[b[0] for b in BAD])
+def test_parse_case_rejects_bad_case_naming_the_key(data, key):
+    """§7.6 ground truth: parse_case raises CaseError (a ValueError) with a single-line message that names
+    the offending key."""
+    with pytest.raises(CaseError) as exc_info:
+        parse_case(data)
+    _check_error(exc_info, key)
+
+
+@pytest.mark.parametrize("data,key", [b[1:] for b in BAD], ids=[b[0] for b in BAD])
+def test_load_case_rejects_bad_file_naming_the_key(tmp_path, data, key):
+    """§7.6 ground truth: load_case on the same mappings written as YAML raises a one-line CaseError
+    naming the file and the key."""
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(CaseError) as exc_info:
+        load_case(str(path))
+    _check_error(exc_info, key)
+    assert str(path) in str(exc_info.value)
+
+
+@pytest.mark.parametrize("path,value,key", [
+    (["components", 0, "mean"], [math.nan, 0.0], "components[0].mean"),
+    (["components", 1, "cov"], [[math.inf, 0.0], [0.0, 0.1]], "components[1].cov"),
+    (["reward", "c"], [math.inf, 0.0], "reward.c"),
+    (["components", 0, "mean"], [True, 0.0], "components[0].mean"),
+], ids=["nan_mean", "inf_cov", "inf_reward_c", "bool_mean"])
+def test_non_finite_or_boolean_vector_entries_rejected(path, value, key):
+    """§7.6 ground truth: vector and matrix entries must be finite numbers (as scalars already must be):
+    a NaN mean, an infinite covariance or reward coefficient, or a boolean is a CaseError naming the key."""
+    with pytest.raises(CaseError) as exc_info:
+        parse_case(_mutate(path, value))
+    _check_error(exc_info, key)
+
+
+def test_load_case_unreadable_or_invalid_yaml(tmp_path):
+    """A missing file and a file that is not YAML are one-line CaseErrors naming the path."""
+    for path, text in [(tmp_path / "absent.yaml", None), (tmp_path / "broken.yaml", "dim: [1, 2\n  x: {")]:
+        if text is not None:
+            path.write_text(text)
+        with pytest.raises(CaseError) as exc_info:
+            load_case(str(path))
+        _check_error(exc_info, str(path))
+
+
+def test_valid_case_parses_to_the_right_mixture_reward_and_target(tmp_path):
+    """§7.6 ground truth: a valid case gives the mixture (weights normalised), the reward r(x) = cᵀx, and the
+    exact tilted target; the quadratic variant gives r(x) = -‖x - center‖²/(2τ)."""
+    path = tmp_path / "good_case.yaml"
+    path.write_text(yaml.safe_dump(VALID))
+    case = load_case(str(path))
+    assert case.name == "good_case" and case.dim == 2 and case.lam == pytest.approx(0.8)
+    torch.testing.assert_close(case.mixture.w, torch.tensor([0.25, 0.75], dtype=F64))
+    torch.testing.assert_close(case.mixture.mu, torch.tensor([[-1.0, 0.5], [1.5, -0.5]], dtype=F64))
+    x = torch.tensor([[1.0, 2.0], [-0.5, 3.0]], dtype=F64)
+    torch.testing.assert_close(case.reward()(x).double(), x @ torch.tensor([1.0, -0.5], dtype=F64))
+    target = case.target()
+    ref = case.mixture.tilt_linear([1.0, -0.5], 0.8)
+    torch.testing.assert_close(target.mu, ref.mu)
+    torch.testing.assert_close(target.w, ref.w)
+
+    quad = parse_case({**copy.deepcopy(VALID), "reward": QUADRATIC}, name="q")
+    expected = -((x - torch.tensor([0.5, 0.5], dtype=F64)) ** 2).sum(1) / 4.0
+    torch.testing.assert_close(quad.reward()(x).double(), expected)
+    assert quad.target().C.shape == (2, 2, 2)
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "config" / "gmm").glob("*.yaml")), ids=lambda p: p.stem)
+def test_shipped_case_files_parse(path):
+    """The repository's own case files follow the schema."""
+    case = load_case(str(path))
+    assert case.mixture.w.sum() == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("name", ["missing_lambda", "non_pd_cov", "non_numeric_tau"])
+def test_cli_bad_case_exits_2_with_one_line(tmp_path, name):
+    """§7.6 ground truth via the CLI: `python -m eam.cli gmm --case BAD.yaml --method eam --out x.json`
+    exits with code 2, prints exactly one line on stderr naming the key, and writes no result."""
+    data, key = {b[0]: b[1:] for b in BAD}[name]
+    case = tmp_path / "bad.yaml"
+    case.write_text(yaml.safe_dump(data))
+    out = tmp_path / "x.json"
+    proc = subprocess.run([sys.executable, "-m", "eam.cli", "gmm", "--case", str(case), "--method", "eam",
+                           "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, (proc.returncode, proc.stderr)
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert key in lines[0]
+    assert not out.exists()

@@ -1,0 +1,54 @@
+# Gaussian-mixture ground truth: every (case, variant, seed) fine-tuned against the exact tilted target.
+GMM = config["gmm"]
+check_files([f"config/gmm/{c}.yaml" for c in GMM["cases"]], "GMM case file")
+
+
+def gmm_method_args(wildcards):
+    method, _, base_score = wildcards.variant.partition("-")
+    args = f"--method {method}"
+    if base_score:
+        args += f" --base-score {base_score}"
+        if base_score == "endpoint":
+            args += f" --delta {GMM.get('delta', 0.05)}"
+    if GMM.get("iters"):
+        args += f" --iters {GMM['iters']}"
+    return args
+
+
+rule gmm_run:
+    input:
+        case="config/gmm/{case}.yaml",
+    output:
+        f"{RESULTS}/gmm/{{case}}/{{variant}}/seed{{seed}}.json",
+    params:
+        args=gmm_method_args,
+    log:
+        f"{RESULTS}/logs/gmm/{{case}}/{{variant}}/seed{{seed}}.log",
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=30,
+    wildcard_constraints:
+        variant="am|eam-endpoint|eam-exact|eam-bridge",
+        seed=r"\d+",
+    shell:
+        "OMP_NUM_THREADS={threads} eam gmm --case {input.case} {params.args} --seed {wildcards.seed} "
+        "--quiet --out {output} > {log} 2>&1"
+
+
+rule gmm_report:
+    input:
+        expand(f"{RESULTS}/gmm/{{case}}/{{variant}}/seed{{seed}}.json",
+               case=GMM["cases"], variant=GMM["variants"], seed=GMM["seeds"]),
+    output:
+        table=f"{RESULTS}/gmm/report/table.md",
+        figures=expand(f"{RESULTS}/gmm/report/{{case}}.png", case=GMM["cases"]),
+    log:
+        f"{RESULTS}/logs/gmm/report.log",
+    shell:
+        "eam gmm-report {input} --out {RESULTS}/gmm/report > {log} 2>&1"
+
+
+rule gmm_all:
+    input:
+        rules.gmm_report.output,
