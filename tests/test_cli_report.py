@@ -1,0 +1,64 @@
+"""`eam gmm` honours its RESULT.json contract and `eam gmm-report` turns results into figures and a table."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from eam.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+CASE = ROOT / "config" / "gmm" / "mix2d_linear.yaml"
+KEYS = {"sliced_w2", "sliced_w2_floor", "sliced_w2_base", "reward_mean", "reward_mean_exact", "wall_clock_s",
+        "iters", "nfe", "curve"}
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    out = tmp_path_factory.mktemp("gmm")
+    paths = []
+    for method, extra in [("am", []), ("eam", ["--base-score", "endpoint", "--delta", "0.05"])]:
+        path = out / f"{method}.json"
+        main(["gmm", "--case", str(CASE), "--method", method, *extra, "--iters", "4", "--seed", "1",
+              "--out", str(path), "--quiet"])
+        paths.append(path)
+    return paths
+
+
+def test_result_contract(results):
+    for path in results:
+        res = json.loads(path.read_text())
+        assert KEYS <= set(res)
+        assert res["iters"] == 4 and res["curve"][-1]["iter"] == 4
+        assert set(res["curve"][0]) == {"iter", "wall_clock_s", "nfe_total", "sliced_w2", "reward_mean"}
+        assert 0 < res["sliced_w2_floor"] < res["sliced_w2_base"]
+        assert res["nfe"]["reward_vjp"] == 4  # one reward VJP per sample per iteration, both methods
+
+
+def test_nfe_counts_follow_the_cost_model(results):
+    """AM: N sampling forwards + N base VJPs + |K| train steps per sample; EAM: K (×2 for Heun) sampling
+    forwards + 1 reward VJP + 1 base NFE (endpoint) + M train steps."""
+    am, eam = (json.loads(p.read_text()) for p in results)
+    a, e = am["config"]["am"], eam["config"]["eam"]
+    assert am["nfe"] == {"model_fwd": 4 * a["n_steps"], "model_train": 4 * (a["n_last"] + a["n_random"]),
+                         "base_fwd": 0, "base_vjp": 4 * a["n_steps"], "reward_vjp": 4}
+    sampling = e["ode_steps"] * (2 if e["ode_method"] == "heun" else 1)
+    assert eam["nfe"] == {"model_fwd": 4 * sampling, "model_train": 4 * e["n_times"], "base_fwd": 4,
+                          "base_vjp": 0, "reward_vjp": 4}
+
+
+def test_report_writes_figures_and_table(results, tmp_path):
+    main(["gmm-report", *map(str, results), "--out", str(tmp_path)])
+    png = tmp_path / "mix2d_linear.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    table = (tmp_path / "table.md").read_text()
+    assert "| mix2d_linear | am |" in table and "eam-endpoint (δ=0.05)" in table
+
+
+def test_bad_arguments_are_one_line_errors(tmp_path):
+    cmd = [sys.executable, "-m", "eam.cli", "gmm", "--case", str(CASE), "--method", "am", "--delta", "0.1",
+           "--out", str(tmp_path / "x.json")]
+    p = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1 and "--delta" in p.stderr
+    assert not (tmp_path / "x.json").exists()
