@@ -6,11 +6,11 @@ import sys
 
 
 def _gmm(args):
-    from .bench_gmm import GMMTrainConfig, load_case, run
+    from .bench_gmm import default_config, load_case, run
     from .io import write_json
 
     case = load_case(args.case)
-    cfg = GMMTrainConfig()
+    cfg = default_config(args.method)
     if args.iters is not None:
         if args.iters < 1:
             raise ValueError(f"--iters must be at least 1, got {args.iters}")

@@ -61,11 +61,11 @@ def _table(results: list[dict]) -> str:
     for r in sorted(results, key=lambda r: (r["case"], variant(r), r["seed"])):
         nfe_iter = sum(r["nfe"].values()) / r["iters"]
         c = converged(r)
+        to_s, to_nfe = (f"{c['wall_clock_s']:.0f}", f"{c['nfe_total']:.0f}") if c else ("not reached",) * 2
         lines.append(
             f"| {r['case']} | {variant(r)} | {r['sliced_w2']:.3f} ({r['sliced_w2_floor']:.3f}) | {r['sliced_w2_base']:.3f} "
             f"| {r['reward_mean']:.3f} ({r['reward_mean_exact']:.3f}) | {r['wall_clock_s'] / r['iters']:.3f} "
-            f"| {nfe_iter:.0f} | {r['iters']} | {f'{c['wall_clock_s']:.0f}' if c else 'not reached'} "
-            f"| {f'{c['nfe_total']:.0f}' if c else 'not reached'} |")
+            f"| {nfe_iter:.0f} | {r['iters']} | {to_s} | {to_nfe} |")
     nfe_kinds = "; ".join(f"{k}" for k in results[0]["nfe"])
     return ("\n".join(lines) + "\n\nNFE / iter: function evaluations per sample per iteration, all kinds "
             f"({nfe_kinds}). Converged: first evaluation with sliced W2 ≤ 1.5 × floor + 0.02 "

@@ -38,7 +38,7 @@ def test_bridge_formula_is_exact_for_a_standard_normal_base():
 
 
 @pytest.mark.parametrize("method,kw,iters", [
-    ("am", {}, 300),
+    ("am", {}, 600),
     ("eam", {"base_score": "exact"}, 500),
     ("eam", {"base_score": "endpoint", "delta": 0.05}, 500),
 ])
