@@ -1,0 +1,63 @@
+"""AM's loss-time subsets, the official code's EMA-quantile clipping, and where gradients go."""
+import torch
+
+from eam.gmm import GaussianMixture, GMMVelocity
+from eam.interpolants import RectifiedFlow
+from eam.losses import AMConfig, EAMConfig, QuantileClipper, am_loss, am_time_subset, eam_loss
+from eam.models import MLP, ResidualVelocity
+from eam.reference import LinearReference
+from eam.rewards import LinearReward
+
+
+def test_last_random_subset_is_the_last_steps_plus_distinct_others():
+    cfg = AMConfig(n_steps=40, n_last=10, n_random=10)
+    ks = am_time_subset(cfg, torch.Generator().manual_seed(0))
+    assert ks[-10:].tolist() == list(range(30, 40))
+    others = ks[:-10]
+    assert len(set(others.tolist())) == 10 and others.max() < 30
+
+
+def test_stratified_subset_splits_at_sixty_percent():
+    cfg = AMConfig(n_steps=40, time_subset="stratified", n_stratified=4)
+    for seed in range(20):
+        ks = am_time_subset(cfg, torch.Generator().manual_seed(seed)).tolist()
+        assert ks == sorted(ks) and len(set(ks)) == 4
+        assert sum(k < 24 for k in ks) == 2 and sum(k >= 24 for k in ks) == 2
+
+
+def test_quantile_clipper_follows_the_official_ema():
+    """Running mean of the 0.9-quantile of sqrt(loss) for the first two updates (1/decay = 1.11),
+    then value ← 0.9 value + 0.1 q; entries at or above the threshold are dropped."""
+    clip, value = QuantileClipper(0.9, decay=0.9), None
+    gen = torch.Generator().manual_seed(0)
+    for i in range(6):
+        loss = torch.rand(1000, generator=gen) * (i + 1)
+        q = torch.quantile(loss.sqrt(), 0.9).item()
+        value = q if i == 0 else (value + q) / 2 if i == 1 else 0.9 * value + 0.1 * q
+        mask = clip.update(loss)
+        assert abs(clip.value - value) < 1e-6
+        assert torch.equal(mask.bool(), loss.sqrt() < value)
+
+
+def _models():
+    mix = GaussianMixture([0.5, 0.5], [[-1.0, 0.0], [1.0, 0.5]], [[[0.3, 0.0], [0.0, 0.2]]] * 2)
+    interp = RectifiedFlow()
+    base = GMMVelocity(mix, interp)
+    model = ResidualVelocity(GMMVelocity(mix, interp), MLP(2, hidden=32, depth=2))
+    torch.nn.init.normal_(model.residual.head.weight, std=0.1)
+    return mix, base, model
+
+
+def test_gradients_reach_only_the_trainable_residual():
+    mix, base, model = _models()
+    reward = LinearReward([1.0, -0.5])
+    x0 = torch.randn(16, 2)
+    outs = [am_loss(model, base, reward, 1.0, x0, AMConfig(n_steps=10, n_last=3, n_random=3)),
+            eam_loss(model, base, reward, 1.0, x0, LinearReference(RectifiedFlow()), EAMConfig(ode_steps=4))]
+    for out in outs:
+        model.zero_grad()
+        out.loss.backward()
+        assert torch.isfinite(out.loss)
+        assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.residual.parameters())
+    assert not any(p.requires_grad for p in base.parameters()) and not any(
+        p.requires_grad for p in model.base.parameters())
