@@ -23,14 +23,22 @@ def _bound(res):
     return 1.5 * res["sliced_w2_floor"] + 0.02
 
 
+VARIANTS = {"am": ["--method", "am"],
+            "eam-endpoint": ["--method", "eam", "--base-score", "endpoint", "--delta", "0.05"],
+            "eam-exact": ["--method", "eam", "--base-score", "exact"]}
+# Measured (README, "Ground truth"): on mix2d_quadratic EAM fixes the modes' shapes but corrects their
+# relative weights too slowly for the default budget (sliced-W2 0.125 at 800 iterations, 0.093 at 2400,
+# bound 0.088). Strict: the day it passes, this marker must go.
+EAM_QUADRATIC_SLOW = pytest.mark.xfail(strict=True, reason="EAM corrects mode weights slowly on mix2d_quadratic")
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("case", CASES)
-@pytest.mark.parametrize("args", [
-    ["--method", "am"],
-    ["--method", "eam", "--base-score", "endpoint", "--delta", "0.05"],
-    ["--method", "eam", "--base-score", "exact"],
-], ids=["am", "eam-endpoint", "eam-exact"])
-def test_reaches_the_exact_tilted_mixture(tmp_path, case, args):
+@pytest.mark.parametrize("case,variant", [
+    pytest.param(case, variant, id=f"{case}-{variant}",
+                 marks=[EAM_QUADRATIC_SLOW] if case == "mix2d_quadratic" and variant != "am" else [])
+    for case in CASES for variant in VARIANTS])
+def test_reaches_the_exact_tilted_mixture(tmp_path, case, variant):
+    args = VARIANTS[variant]
     res = _run(tmp_path, case, *args)
     assert res["sliced_w2_base"] > 3 * _bound(res), "the case must be far from its base to mean anything"
     assert res["sliced_w2"] <= _bound(res), (res["sliced_w2"], res["sliced_w2_floor"])
