@@ -195,13 +195,13 @@ def run(case: GMMCase, method: str, cfg: GMMTrainConfig, seed: int = 0, progress
         if it % cfg.eval_every == 0 or it == cfg.iters:
             ev, _ = evaluate(ema.model, case, p_star, cfg, seed + 1)
             curve.append({"iter": it, "wall_clock_s": ledger.seconds,
-                          "nfe_total": sum(ledger.per_sample(cfg.batch).values()), **ev})
+                          "nfe_total": ledger.total(), **ev})
     final = curve[-1]
     return {
         "case": case.name, "method": method, "seed": seed,
         "sliced_w2": final["sliced_w2"], "sliced_w2_floor": floor, "sliced_w2_base": base_eval["sliced_w2"],
         "reward_mean": final["reward_mean"], "reward_mean_exact": float(reward(p_star).mean()),
         "reward_mean_base": base_eval["reward_mean"],
-        "wall_clock_s": ledger.seconds, "iters": cfg.iters, "nfe": ledger.per_sample(cfg.batch),
+        "wall_clock_s": ledger.seconds, "iters": cfg.iters, "batch": cfg.batch, "nfe": dict(ledger.nfe),
         "config": asdict(cfg), "curve": curve,
     }

@@ -120,8 +120,9 @@ class VariancePreserving(Interpolant):
         dtype = t.dtype if t.is_floating_point() else torch.get_default_dtype()
         tau = self.timestep(t.double()).clamp(0, self.T - 1)
         lo = tau.floor().long().clamp(max=self.T - 2)
-        slope = self.log_abar[lo + 1] - self.log_abar[lo]  # d log ᾱ / dτ on the segment
-        log_abar = self.log_abar[lo] + (tau - lo) * slope
+        table = self.log_abar.to(lo.device)
+        slope = table[lo + 1] - table[lo]  # d log ᾱ / dτ on the segment
+        log_abar = table[lo] + (tau - lo) * slope
         abar = log_abar.exp()
         alpha, beta = abar.sqrt(), (1 - abar).sqrt()
         dlog_abar_dt = -(self.T - 1) * slope
@@ -132,6 +133,8 @@ class VariancePreserving(Interpolant):
 
 def make_interpolant(name: str, **kwargs) -> Interpolant:
     if name == "rectified_flow":
+        if kwargs:
+            raise ValueError(f"rectified_flow takes no options, got {', '.join(kwargs)}")
         return RectifiedFlow()
     if name == "variance_preserving":
         return VariancePreserving(**kwargs)

@@ -143,6 +143,18 @@ class EAMConfig:
     t_min: float = 0.02             # loss times are stratified over [t_min, t_max]
     t_max: float = 0.98
 
+    def __post_init__(self):
+        if self.base_score not in BASE_SCORES:
+            raise ValueError(f"unknown base_score {self.base_score!r}; expected one of {BASE_SCORES}")
+        if self.weighting not in ("u", "v"):
+            raise ValueError(f"unknown EAM weighting {self.weighting!r}; expected 'u' or 'v'")
+        if not 0 < self.delta < 1:
+            raise ValueError(f"EAM delta must lie in (0, 1), got {self.delta}")
+        if not 0 < self.t_min < self.t_max < 1:
+            raise ValueError(f"EAM times need 0 < t_min < t_max < 1, got {self.t_min}, {self.t_max}")
+        if self.n_times < 1 or self.ode_steps < 1:
+            raise ValueError("EAM n_times and ode_steps must be at least 1")
+
 
 def base_score_endpoint(base: VelocityModel, x1: torch.Tensor, delta: float, cond=None) -> torch.Tensor:
     """∇log p_base(x_1) ≈ α' s_base(α' x_1, t'), t' = 1 - δ: the exact score of p_base * N(0, (β'/α')²I)."""
@@ -154,6 +166,7 @@ def base_score_endpoint(base: VelocityModel, x1: torch.Tensor, delta: float, con
 
 def eam_times(cfg: EAMConfig, n: int, generator=None, device=None, dtype=None) -> torch.Tensor:
     """n stratified times in [t_min, t_max]: one uniform draw in each of n equal strata, shuffled."""
+    dtype = torch.promote_types(dtype or torch.float32, torch.float32)
     u = (torch.arange(n, dtype=dtype) + torch.rand(n, generator=generator, dtype=dtype)) / n
     u = u[torch.randperm(n, generator=generator)]
     return (cfg.t_min + (cfg.t_max - cfg.t_min) * u).to(device)
@@ -163,8 +176,7 @@ def eam_loss(model: VelocityModel, base: VelocityModel, reward: Reward, lam: flo
              ref: LinearReference, cfg: EAMConfig, cond=None, exact_score=None,
              generator: torch.Generator | None = None) -> LossOutput:
     """L_EAM = mean ‖(2/σ_t)(v_θ(x_t, t) - v_lin(x_t, t)) + σ_t Φ(t) ∇g(x_1)‖², x_t = α x_1 + β ε."""
-    if cfg.weighting not in ("u", "v"):
-        raise ValueError(f"unknown EAM weighting {cfg.weighting!r}; expected 'u' or 'v'")
+    cfg.__post_init__()  # fields may have been set after construction
     B, M = x0.shape[0], cfg.n_times
     interp = model.interpolant
     out = LossOutput(None, None)
@@ -182,10 +194,8 @@ def eam_loss(model: VelocityModel, base: VelocityModel, reward: Reward, lam: flo
         if exact_score is None:
             raise ValueError("base_score 'exact' needs an analytic base score (only benchmark bases have one)")
         grad_g = ref.score_data(x1) - exact_score(x1) - lam * grad_r
-    elif cfg.base_score == "bridge":
+    else:  # bridge
         grad_g = -lam * grad_r
-    else:
-        raise ValueError(f"unknown base_score {cfg.base_score!r}; expected one of {BASE_SCORES}")
 
     t = eam_times(cfg, B * M, generator, x0.device, x0.dtype)
     x1m, gm, condm = x1.repeat(M, *[1] * (x1.dim() - 1)), grad_g.repeat(M, *[1] * (x1.dim() - 1)), _repeat_cond(cond, M)

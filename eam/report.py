@@ -30,9 +30,9 @@ def converged(result: dict, ratio: float = 1.5, slack: float = 0.02) -> dict | N
 def _plot_case(case: str, results: list[dict], path: Path):
     fig, axes = plt.subplots(2, 2, figsize=(11, 8), constrained_layout=True)
     panels = [("wall_clock_s", "sliced_w2", "training wall-clock [s]", "sliced W2 to exact p*"),
-              ("nfe_total", "sliced_w2", "function evaluations per sample (all kinds)", "sliced W2 to exact p*"),
+              ("nfe_total", "sliced_w2", "function evaluations (sample-evaluations, all kinds)", "sliced W2 to exact p*"),
               ("wall_clock_s", "reward_mean", "training wall-clock [s]", "mean reward"),
-              ("nfe_total", "reward_mean", "function evaluations per sample (all kinds)", "mean reward")]
+              ("nfe_total", "reward_mean", "function evaluations (sample-evaluations, all kinds)", "mean reward")]
     for ax, (xk, yk, xl, yl) in zip(axes.flat, panels):
         for res in sorted(results, key=variant):
             ax.plot([p[xk] for p in res["curve"]], [p[yk] for p in res["curve"]], marker="o", ms=3,
@@ -55,28 +55,38 @@ def _plot_case(case: str, results: list[dict], path: Path):
 
 
 def _table(results: list[dict]) -> str:
-    head = ("| case | method | sliced W2 (floor) | base sliced W2 | mean reward (exact) | s / iter | NFE / iter "
-            "| iters | s to converge | NFE to converge |")
+    head = ("| case | method | batch | sliced W2 (floor) | base sliced W2 | mean reward (exact) | s / iter "
+            "| NFE / sample / iter | NFE / iter | iters | s to converge | NFE to converge |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in sorted(results, key=lambda r: (r["case"], variant(r), r["seed"])):
         nfe_iter = sum(r["nfe"].values()) / r["iters"]
+        per_sample = nfe_iter / r["batch"]
         c = converged(r)
-        to_s, to_nfe = (f"{c['wall_clock_s']:.0f}", f"{c['nfe_total']:.0f}") if c else ("not reached",) * 2
+        to_s, to_nfe = (f"{c['wall_clock_s']:.0f}", f"{c['nfe_total']:.3g}") if c else ("not reached",) * 2
         lines.append(
-            f"| {r['case']} | {variant(r)} | {r['sliced_w2']:.3f} ({r['sliced_w2_floor']:.3f}) | {r['sliced_w2_base']:.3f} "
-            f"| {r['reward_mean']:.3f} ({r['reward_mean_exact']:.3f}) | {r['wall_clock_s'] / r['iters']:.3f} "
-            f"| {nfe_iter:.0f} | {r['iters']} | {to_s} | {to_nfe} |")
-    nfe_kinds = "; ".join(f"{k}" for k in results[0]["nfe"])
-    return ("\n".join(lines) + "\n\nNFE / iter: function evaluations per sample per iteration, all kinds "
-            f"({nfe_kinds}). Converged: first evaluation with sliced W2 ≤ 1.5 × floor + 0.02 "
-            "(evaluation every `eval_every` iterations, so times are upper bounds).\n")
+            f"| {r['case']} | {variant(r)} | {r['batch']} | {r['sliced_w2']:.3f} ({r['sliced_w2_floor']:.3f}) "
+            f"| {r['sliced_w2_base']:.3f} | {r['reward_mean']:.3f} ({r['reward_mean_exact']:.3f}) "
+            f"| {r['wall_clock_s'] / r['iters']:.3f} | {per_sample:.0f} | {nfe_iter:.3g} | {r['iters']} | {to_s} | {to_nfe} |")
+    nfe_kinds = ", ".join(results[0]["nfe"])
+    return ("\n".join(lines) + "\n\nNFE: function evaluations of every kind "
+            f"({nfe_kinds}) counted once each, unweighted (a VJP or a training forward/backward costs more than a "
+            "forward); 'NFE / iter' counts sample-evaluations (batch × per-sample), which compares methods with "
+            "different batch sizes. Converged: first evaluation with sliced W2 ≤ 1.5 × floor + 0.02 (evaluations "
+            "every `eval_every` iterations, so times are upper bounds). Wall-clock is training only, one thread.\n")
 
 
 def gmm_report(paths: list[str], out: str) -> list[str]:
     results = []
     for p in paths:
-        with open(p) as f:
-            results.append(json.load(f))
+        try:
+            with open(p) as f:
+                res = json.load(f)
+            missing = {"case", "method", "seed", "batch", "nfe", "curve", "config"} - set(res)
+        except (OSError, json.JSONDecodeError) as e:
+            raise ValueError(f"cannot read result {p}: {e}") from None
+        if missing:
+            raise ValueError(f"{p} is not an `eam gmm` result (missing {', '.join(sorted(missing))}); rerun `eam gmm`")
+        results.append(res)
     by_case = defaultdict(list)
     for r in results:
         by_case[r["case"]].append(r)

@@ -8,6 +8,8 @@ from .models import VelocityModel
 
 
 def time_grid(steps: int, device=None, dtype=None) -> torch.Tensor:
+    """t_0 = 0, …, t_N = 1, in at least float32 (bf16 would quantise t by ~4e-3 near t = 1)."""
+    dtype = torch.promote_types(dtype or torch.float32, torch.float32)
     return torch.linspace(0.0, 1.0, steps + 1, device=device, dtype=dtype)
 
 

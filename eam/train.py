@@ -23,7 +23,8 @@ class EMA:
 
 
 class Ledger:
-    """Training wall-clock (evaluation excluded) and cumulative function evaluations by kind."""
+    """Training wall-clock (evaluation excluded) and cumulative function evaluations by kind, in
+    sample-evaluations (a call on a batch of B counts B), so methods with different batch sizes compare."""
 
     def __init__(self):
         self.nfe = dict.fromkeys(NFE_KINDS, 0)
@@ -41,5 +42,5 @@ class Ledger:
         for k, v in nfe.items():
             self.nfe[k] += v
 
-    def per_sample(self, batch: int) -> dict:
-        return {k: v / batch for k, v in self.nfe.items()}
+    def total(self) -> int:
+        return sum(self.nfe.values())
