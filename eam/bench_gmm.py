@@ -176,7 +176,7 @@ def run(case: GMMCase, method: str, cfg: GMMTrainConfig, seed: int = 0, progress
     floor = sliced_w2(target.sample(cfg.n_eval, g).float(), p_star)
     base_eval, _ = evaluate(base, case, p_star, cfg, seed + 1)
 
-    ledger, curve = Ledger(), []
+    ledger, curve = Ledger(), [{"iter": 0, "wall_clock_s": 0.0, "nfe_total": 0, **base_eval}]
     for it in tqdm(range(1, cfg.iters + 1), desc=f"{case.name} {method}", disable=not progress):
         with ledger:
             x0 = torch.randn(cfg.batch, case.dim)

@@ -37,6 +37,87 @@ def _gmm_report(args):
         print(path)
 
 
+def _prompts(args):
+    from .prompts import prepare
+
+    for path in prepare(args.src, args.out, args.domain, args.eval_per_label, args.eval_fraction, args.seed):
+        print(path)
+
+
+def _pretrain(args):
+    import torch
+
+    from .digits import pretrain
+
+    torch.manual_seed(args.seed)
+    progress = not args.quiet
+    if args.what == "flow":
+        model = pretrain.train_flow(args.out, iters=args.iters or 2000, channels=args.channels, seed=args.seed,
+                                    progress=progress)
+        if args.check_with:
+            from .rewards import load_reward
+
+            acc = pretrain.base_accuracy(model, load_reward("digit_classifier", args.check_with))
+            model.config["classifier_accuracy"] = acc
+            model.save(args.out)
+            print(f"base samples read as the prompted digit: {acc:.1%}")
+            if acc < args.min_accuracy:
+                raise ValueError(f"base model too weak: {acc:.1%} of samples read as the prompted digit "
+                                 f"(< {args.min_accuracy:.0%}); train longer with --iters")
+    elif args.what == "digit_clip":
+        if not args.prompts:
+            raise ValueError("digit_clip needs --prompts TRAIN.jsonl (the prepared training prompts)")
+        _, acc = pretrain.train_clip(args.out, args.prompts, epochs=args.iters or 80, seed=args.seed, progress=progress)
+        print(f"digit_clip zero-shot accuracy on the test split: {acc:.1%}")
+    else:
+        _, acc = pretrain.train_classifier(args.what, args.out, epochs=args.iters or 60, seed=args.seed,
+                                           progress=progress)
+        print(f"{args.what} accuracy on the test split: {acc:.1%}")
+
+
+def _load_yaml(path):
+    import yaml
+
+    try:
+        with open(path) as f:
+            return yaml.safe_load(f) or {}
+    except yaml.YAMLError as e:
+        raise ValueError(f"{path} is not valid YAML: {str(e).splitlines()[0]}") from None
+
+
+def _finetune(args):
+    from .finetune import FinetuneConfig, finetune
+
+    settings = _load_yaml(args.settings) if args.settings else {}
+    settings.update({"method": args.method, "lam": args.lam, "seed": args.seed})
+    if args.iters:
+        settings["iters"] = args.iters
+    cfg = FinetuneConfig.from_dict(settings)
+    s = finetune(cfg, args.model, args.model_path, args.reward, args.reward_path, args.prompts, args.eval_prompts,
+                 args.out, progress=not args.quiet)
+    print(f"{args.method} {args.reward} λ={args.lam:g} seed {args.seed}: {s['iters']} iterations in "
+          f"{s['wall_clock_s']:.0f} s -> {args.out}")
+
+
+def _sample(args):
+    from .evaluate import sample
+
+    sample(args.model, args.model_path, args.prompts, args.per_prompt, args.steps, args.guidance_scale, args.out)
+    print(args.out)
+
+
+def _score(args):
+    from .evaluate import score
+
+    metrics = {}
+    for spec in args.metric:
+        name, _, path = spec.partition("=")
+        metrics[name] = path or None
+    fname, _, fpath = args.features.partition("=")
+    res = score(args.samples, args.base_samples, metrics, (fname, fpath or None), args.out)
+    print(", ".join(f"{k} {v['mean']:.3f}" for k, v in res.items() if isinstance(v, dict) and "mean" in v))
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="eam", description="Reward fine-tuning by (Efficient) Adjoint Matching.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -57,6 +138,61 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("results", nargs="+", help="RESULT.json files")
     r.add_argument("--out", required=True, help="output folder")
     r.set_defaults(func=_gmm_report)
+
+    pp = sub.add_parser("prompts", help="parse a prompt file into train/eval prompt sets (JSONL, fixed seeds)")
+    pp.add_argument("src", help="prompt file: .txt (one a line), .jsonl ({prompt}) or .csv (Prompt column)")
+    pp.add_argument("--out", required=True, help="folder for train.jsonl and eval.jsonl")
+    pp.add_argument("--domain", default="digits", choices=["digits", "text"])
+    pp.add_argument("--eval-per-label", type=int, default=1)
+    pp.add_argument("--eval-fraction", type=float, default=0.2)
+    pp.add_argument("--seed", type=int, default=0)
+    pp.set_defaults(func=_prompts)
+
+    pt = sub.add_parser("digits-pretrain", help="train the digits base model or a digits reward model")
+    pt.add_argument("what", choices=["flow", "digit_classifier", "heldout_classifier", "digit_clip"])
+    pt.add_argument("--out", required=True, help="output folder (config.json + model.safetensors)")
+    pt.add_argument("--iters", type=int, default=None, help="flow: iterations; others: epochs")
+    pt.add_argument("--channels", type=int, default=32, help="flow: U-Net width")
+    pt.add_argument("--prompts", help="digit_clip: prepared training prompts")
+    pt.add_argument("--check-with", help="flow: digit_classifier folder to check the base samples with")
+    pt.add_argument("--min-accuracy", type=float, default=0.8)
+    pt.add_argument("--seed", type=int, default=0)
+    pt.add_argument("--quiet", action="store_true")
+    pt.set_defaults(func=_pretrain)
+
+    ft = sub.add_parser("finetune", help="fine-tune a registered model on a registered reward with AM or EAM")
+    ft.add_argument("--model", required=True, help="registered model adapter, e.g. digits_flow")
+    ft.add_argument("--model-path", required=True)
+    ft.add_argument("--reward", required=True, help="registered reward, e.g. digit_classifier")
+    ft.add_argument("--reward-path", default=None)
+    ft.add_argument("--method", required=True, choices=["am", "eam"])
+    ft.add_argument("--lam", type=float, required=True, help="reward multiplier λ")
+    ft.add_argument("--seed", type=int, default=0)
+    ft.add_argument("--iters", type=int, default=None)
+    ft.add_argument("--settings", help="YAML of FinetuneConfig settings (lr, batch, am:, eam:, ...)")
+    ft.add_argument("--prompts", required=True, help="prepared training prompts (train.jsonl)")
+    ft.add_argument("--eval-prompts", required=True, help="prepared evaluation prompts (eval.jsonl)")
+    ft.add_argument("--out", required=True, help="output folder; resumes from OUT.work/ when present")
+    ft.add_argument("--quiet", action="store_true")
+    ft.set_defaults(func=_finetune)
+
+    sp = sub.add_parser("sample", help="samples of fixed seeds per evaluation prompt")
+    sp.add_argument("--model", required=True)
+    sp.add_argument("--model-path", required=True)
+    sp.add_argument("--prompts", required=True)
+    sp.add_argument("--per-prompt", type=int, default=32)
+    sp.add_argument("--steps", type=int, default=40, help="Heun steps")
+    sp.add_argument("--guidance-scale", type=float, default=1.0)
+    sp.add_argument("--out", required=True, help="samples .safetensors")
+    sp.set_defaults(func=_sample)
+
+    sc = sub.add_parser("score", help="every metric on a sample set")
+    sc.add_argument("--samples", required=True)
+    sc.add_argument("--base-samples", required=True)
+    sc.add_argument("--metric", action="append", required=True, help="NAME=WEIGHTS_DIR (or NAME for no weights)")
+    sc.add_argument("--features", required=True, help="NAME=DIR of the classifier for the distance to the base")
+    sc.add_argument("--out", required=True)
+    sc.set_defaults(func=_score)
     return p
 
 
@@ -64,7 +200,7 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (ValueError, KeyError, OSError) as e:
+    except (ValueError, KeyError, OSError, FloatingPointError) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"eam {args.command}: error: {msg}", file=sys.stderr)
         sys.exit(2)

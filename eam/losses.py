@@ -219,9 +219,12 @@ def eam_loss(model: VelocityModel, base: VelocityModel, reward: Reward, lam: flo
 
 
 def _repeat_cond(cond, n: int):
-    """Conditioning repeated for n stacked copies of the batch (None, a tensor, or a list)."""
+    """Conditioning repeated for n stacked copies of the batch (None, a tensor, a list, or an
+    object with its own `repeat(n)` such as a PromptBatch)."""
     if cond is None:
         return None
     if isinstance(cond, torch.Tensor):
         return cond.repeat(n, *[1] * (cond.dim() - 1))
-    return list(cond) * n
+    if isinstance(cond, (list, tuple)):
+        return list(cond) * n
+    return cond.repeat(n)

@@ -29,6 +29,22 @@ class VelocityModel(nn.Module):
     def velocity(self, x, t, cond=None):
         raise NotImplementedError
 
+    # -- what fine-tuning trains (all parameters by default; LoRA adapters override) -------------
+    def trainable_parameters(self):
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def trainable_state(self) -> dict:
+        return {k: p.detach().clone() for k, p in self.named_parameters() if p.requires_grad}
+
+    def load_trainable_state(self, state: dict):
+        own = dict(self.named_parameters())
+        missing = {k for k, p in own.items() if p.requires_grad} ^ set(state)
+        if missing:
+            raise ValueError(f"checkpoint does not match the model's trainable parameters ({sorted(missing)[0]}, ...)")
+        with torch.no_grad():
+            for k, v in state.items():
+                own[k].copy_(v)
+
 
 class TimeEmbedding(nn.Module):
     """Fourier features of t at geometric frequencies, plus the features log t and log(1 - t),
@@ -78,4 +94,4 @@ class ResidualVelocity(VelocityModel):
         return self.base.velocity(x, t, cond) + self.residual(x, t)
 
     def trainable_parameters(self):
-        return self.residual.parameters()
+        return list(self.residual.parameters())

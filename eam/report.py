@@ -48,6 +48,7 @@ def _plot_case(case: str, results: list[dict], path: Path):
         ax.set(xlabel=xl, ylabel=yl)
         ax.grid(alpha=0.3)
     axes[0, 0].legend(fontsize=8)
+    axes[1, 0].legend(fontsize=8)
     fig.suptitle(f"{case}: AM vs EAM against the exact tilted target")
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110, format="png")

@@ -1,25 +1,10 @@
-"""Differentiable rewards r(x, cond) → [B], registered by name; `reward_grad` is one reward VJP."""
+"""Closed-form rewards of the Gaussian-mixture benchmark (their exact tilt is in gmm.py)."""
 from __future__ import annotations
 
 import torch
 
-from .registry import register
-
-
-class Reward(torch.nn.Module):
-    """A differentiable scalar reward per sample."""
-
-    def forward(self, x: torch.Tensor, cond=None) -> torch.Tensor:
-        raise NotImplementedError
-
-
-def reward_grad(reward: Reward, x: torch.Tensor, cond=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(r(x), ∇_x r(x)) by one vector–Jacobian product."""
-    with torch.enable_grad():
-        x = x.detach().requires_grad_(True)
-        r = reward(x, cond)
-        (g,) = torch.autograd.grad(r.sum(), x)
-    return r.detach(), g
+from ..registry import register
+from .base import Reward
 
 
 @register("reward", "linear")

@@ -1,0 +1,103 @@
+"""Evaluation: samples from fixed seeds per evaluation prompt, then every metric on them.
+
+Metrics: each registered reward's mean (± standard error over samples), diversity (mean pairwise
+distance between the samples of one prompt, averaged over prompts) and the distance to the base
+(Fréchet distance between feature statistics of the samples and of the base model's samples, in a
+classifier's feature space)."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from . import adapters  # noqa: F401  (registers the model adapters)
+from .finetune import eval_batch
+from .io import atomic_path, write_json
+from .prompts import PromptBatch, load_prompt_set
+from .registry import lookup
+from .rewards import load_reward
+from .samplers import ode_sample
+
+
+@torch.no_grad()
+def sample(model_name: str, model_path, prompts_path, per_prompt: int, steps: int, guidance_scale: float, out,
+           chunk: int = 256):
+    """Heun-ODE samples of `per_prompt` fixed seeds per prompt, saved with their prompts (safetensors)."""
+    model = lookup("model", model_name).load(model_path, guidance_scale=guidance_scale).eval()
+    records = load_prompt_set(prompts_path)
+    x0, cond = eval_batch(records, per_prompt, model.sample_shape)
+    parts = []
+    for i in range(0, len(x0), chunk):
+        c = PromptBatch(cond.texts[i:i + chunk], None if cond.labels is None else cond.labels[i:i + chunk])
+        parts.append(ode_sample(model, x0[i:i + chunk], steps, "heun", c))
+    tensors = {"images": torch.cat(parts).contiguous()}
+    if cond.labels is not None:
+        tensors["labels"] = cond.labels
+    meta = {"prompts": json.dumps(cond.texts), "per_prompt": str(per_prompt), "steps": str(steps),
+            "guidance_scale": str(guidance_scale), "model": str(model_path)}
+    with atomic_path(out) as tmp:
+        save_file(tensors, tmp, metadata=meta)
+
+
+def load_samples(path) -> tuple[torch.Tensor, PromptBatch, dict]:
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata()
+            x = f.get_tensor("images")
+            labels = f.get_tensor("labels") if "labels" in f.keys() else None
+    except Exception as e:
+        raise ValueError(f"cannot read samples {path} ({type(e).__name__}); re-run the sampling rule") from None
+    return x, PromptBatch(json.loads(meta["prompts"]), labels), meta
+
+
+def _mean_se(v: torch.Tensor) -> dict:
+    v = v.double()
+    return {"mean": float(v.mean()), "se": float(v.std() / math.sqrt(len(v))) if len(v) > 1 else 0.0}
+
+
+def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """‖μ_a - μ_b‖² + tr(C_a + C_b - 2 (C_a C_b)^{1/2}) between two feature sets."""
+    from scipy import linalg
+
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    ca, cb = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    covmean = linalg.sqrtm(ca @ cb)
+    covmean = covmean.real if np.iscomplexobj(covmean) else covmean
+    return float(((mu_a - mu_b) ** 2).sum() + np.trace(ca + cb - 2 * covmean))
+
+
+def diversity(x: torch.Tensor, per_prompt: int) -> dict:
+    """Mean pairwise L2 distance among the samples of each prompt; mean ± SE over prompts."""
+    groups = x.flatten(1).double().view(-1, per_prompt, x[0].numel())
+    d = torch.cdist(groups, groups)
+    n = per_prompt
+    return _mean_se(d.sum((1, 2)) / (n * (n - 1)))
+
+
+@torch.no_grad()
+def score(samples_path, base_samples_path, metrics: dict, features: tuple[str, str], out) -> dict:
+    """All metrics of one sample set; `metrics` maps reward name → weights path (or None);
+    `features` = (reward name, path) of the classifier whose features the Fréchet distance uses."""
+    x, cond, meta = load_samples(samples_path)
+    xb, cond_b, _ = load_samples(base_samples_path)
+    if cond.texts != cond_b.texts:
+        raise ValueError(f"{samples_path} and {base_samples_path} were sampled from different prompt sets")
+    result = {"samples": str(samples_path), "n": len(x), "guidance_scale": float(meta["guidance_scale"])}
+    for name, path in metrics.items():
+        r = load_reward(name, path)(x, cond)
+        if not torch.isfinite(r).all():
+            raise FloatingPointError(f"metric {name} is not finite on {samples_path}; check the samples and weights")
+        result[name] = _mean_se(r)
+    per_prompt = int(meta["per_prompt"])
+    result["diversity"] = diversity(x, per_prompt)
+    feat = load_reward(*features)
+    result["fd_to_base"] = frechet_distance(feat.features(x).numpy(), feat.features(xb).numpy())
+    if cond.labels is not None:  # prompt accuracy under the held-out model where there is one
+        result["accuracy"] = {n: _mean_se((load_reward(n, p).net(x).argmax(-1) == cond.labels).float())
+                              for n, p in metrics.items() if n.endswith("classifier")}
+    write_json(out, result)
+    return result

@@ -1,0 +1,186 @@
+"""The training loop shared by AM and EAM on any registered model adapter and reward.
+
+Plain and linear, nanoGPT-style: build base (frozen) and model (trainable copy), then per iteration
+draw prompts and noise, compute the method's loss, step. It logs one JSONL row per iteration
+(training reward, loss, wall-clock, cumulative function evaluations by kind), evaluates the training
+reward on a fixed evaluation batch every `eval_every` iterations, and checkpoints (weights,
+optimiser, schedule, RNG, step, log position) every `ckpt_every` iterations so that a killed job
+resumes where it stopped. Outputs land only when training is complete.
+"""
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from . import adapters  # noqa: F401  (registers the model adapters)
+from .checkpoint import load_training_state, rng_state, save_training_state, set_rng_state
+from .io import write_json
+from .losses import AMConfig, EAMConfig, QuantileClipper, am_loss, eam_loss
+from .prompts import PromptBatch, load_prompt_set
+from .reference import LinearReference
+from .registry import lookup
+from .rewards import load_reward
+from .samplers import ode_sample
+from .train import Ledger
+
+METHODS = ("am", "eam")
+
+
+@dataclass
+class FinetuneConfig:
+    method: str = "eam"
+    lam: float = 10.0                 # reward multiplier λ
+    iters: int = 300
+    batch: int = 32                   # prompts (and x_1 samples) per iteration
+    lr: float = 3e-4
+    lr_final: float = 0.1             # cosine decay to lr × lr_final
+    grad_clip: float | None = 1.0
+    guidance_scale: float = 1.0       # CFG scale of base and model, in sampling and in the adjoint/base terms
+    eval_every: int = 25
+    eval_per_prompt: int = 8          # fixed evaluation batch: this many seeds per evaluation prompt
+    eval_steps: int = 20              # Heun steps of the evaluation sampler
+    ckpt_every: int = 50
+    seed: int = 0
+    am: AMConfig = field(default_factory=AMConfig)
+    eam: EAMConfig = field(default_factory=EAMConfig)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "FinetuneConfig":
+        """Build from a mapping (a YAML section); an unknown or mistyped key is a one-line error."""
+        known = {f.name: f for f in fields(cls)}
+        kw = {}
+        for k, v in (d or {}).items():
+            if k not in known:
+                raise ValueError(f"unknown fine-tuning setting {k!r}; known: {', '.join(known)}")
+            if k in ("am", "eam"):
+                sub = AMConfig if k == "am" else EAMConfig
+                allowed = {f.name for f in fields(sub)}
+                bad = set(v or {}) - allowed
+                if bad:
+                    raise ValueError(f"unknown {k} setting {sorted(bad)[0]!r}; known: {', '.join(sorted(allowed))}")
+                v = sub(**(v or {}))
+            kw[k] = v
+        cfg = cls(**kw)
+        cfg.validate()
+        return cfg
+
+    def validate(self):
+        if self.method not in METHODS:
+            raise ValueError(f"unknown method {self.method!r}; expected one of {', '.join(METHODS)}")
+        for name in ("iters", "batch", "eval_every", "eval_per_prompt", "eval_steps", "ckpt_every"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"fine-tuning setting {name} must be a positive integer, got {v!r}")
+        for name in ("lam", "lr", "guidance_scale"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+                raise ValueError(f"fine-tuning setting {name} must be a positive number, got {v!r}")
+        self.eam.__post_init__()
+
+
+def _build(model_name, model_path, reward_name, reward_path, guidance_scale):
+    cls = lookup("model", model_name)
+    base = cls.load(model_path, guidance_scale=guidance_scale).requires_grad_(False).eval()
+    model = cls.load(model_path, guidance_scale=guidance_scale).train()
+    return base, model, load_reward(reward_name, reward_path)
+
+
+def eval_batch(records: list[dict], per_prompt: int, shape) -> tuple[torch.Tensor, PromptBatch]:
+    """Fixed noise for evaluation: `per_prompt` draws from each record's own seed."""
+    noise = [torch.randn(per_prompt, *shape, generator=torch.Generator().manual_seed(r["seed"])) for r in records]
+    rows = [r for r in records for _ in range(per_prompt)]
+    return torch.cat(noise), PromptBatch.from_records(rows)
+
+
+def finetune(cfg: FinetuneConfig, model_name: str, model_path, reward_name: str, reward_path, train_prompts,
+             eval_prompts, out, progress: bool = True) -> dict:
+    """Fine-tune and write `out/` (model weights + config.json, metrics.jsonl); resumable from `out.work/`."""
+    cfg.validate()
+    out, work = Path(out), Path(str(out) + ".work")
+    work.mkdir(parents=True, exist_ok=True)
+    train, evals = load_prompt_set(train_prompts), load_prompt_set(eval_prompts)
+    base, model, reward = _build(model_name, model_path, reward_name, reward_path, cfg.guidance_scale)
+    shape = tuple(model.sample_shape)
+    ref = LinearReference(model.interpolant)
+    opt = torch.optim.Adam(model.trainable_parameters(), lr=cfg.lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda i: cfg.lr_final + (1 - cfg.lr_final) * 0.5 * (1 + math.cos(math.pi * min(i / cfg.iters, 1.0))))
+    clipper = QuantileClipper(cfg.am.clip_quantile) if cfg.am.clip_quantile else None
+    ledger, step = Ledger(), 0
+    log_path, state_path = work / "metrics.jsonl", work / "state.pt"
+
+    torch.manual_seed(cfg.seed)
+    state = load_training_state(state_path)
+    if state is not None:
+        model.load_trainable_state(state["model"])
+        opt.load_state_dict(state["opt"])
+        sched.load_state_dict(state["sched"])
+        set_rng_state(state["rng"])
+        ledger.nfe, ledger.seconds, step = state["nfe"], state["seconds"], state["step"]
+        if clipper is not None:
+            clipper.value, clipper.updates = state["clipper"]
+        lines = log_path.read_text().splitlines()[: state["log_lines"]] if log_path.exists() else []
+        log_path.write_text("".join(line + "\n" for line in lines))  # drop rows written after the checkpoint
+        print(f"resuming {out} at iteration {step}")
+    else:
+        log_path.write_text("")
+
+    x_eval, c_eval = eval_batch(evals, cfg.eval_per_prompt, shape)
+
+    def evaluate() -> float:
+        with torch.no_grad():
+            x1 = ode_sample(model, x_eval, cfg.eval_steps, "heun", c_eval)
+            return float(reward(x1, c_eval).mean())
+
+    with open(log_path, "a") as log:
+        if step == 0:
+            row = {"iter": 0, "wall_clock_s": 0.0, "nfe_total": 0, **{f"nfe_{k}": 0 for k in ledger.nfe},
+                   "eval_reward": evaluate()}
+            log.write(json.dumps(row) + "\n")
+        for it in tqdm(range(step + 1, cfg.iters + 1), desc=f"{cfg.method} {reward_name} λ={cfg.lam:g}",
+                       disable=not progress, initial=step, total=cfg.iters):
+            with ledger:
+                recs = [train[i] for i in torch.randint(len(train), (cfg.batch,)).tolist()]
+                cond = PromptBatch.from_records(recs)
+                x0 = torch.randn(cfg.batch, *shape)
+                if cfg.method == "am":
+                    o = am_loss(model, base, reward, cfg.lam, x0, cfg.am, cond, clipper=clipper)
+                else:
+                    o = eam_loss(model, base, reward, cfg.lam, x0, ref, cfg.eam, cond)
+                if not torch.isfinite(o.loss):
+                    raise FloatingPointError(f"non-finite {cfg.method} loss at iteration {it}; lower lr or λ")
+                opt.zero_grad(set_to_none=True)
+                o.loss.backward()
+                if cfg.grad_clip:
+                    torch.nn.utils.clip_grad_norm_(model.trainable_parameters(), cfg.grad_clip)
+                opt.step()
+                sched.step()
+                ledger.add(o.nfe)
+            row = {"iter": it, "loss": float(o.loss), "reward": float(o.reward.mean()),
+                   "wall_clock_s": ledger.seconds, "nfe_total": ledger.total(),
+                   **{f"nfe_{k}": v for k, v in ledger.nfe.items()}}
+            if it % cfg.eval_every == 0 or it == cfg.iters:
+                row["eval_reward"] = evaluate()
+            log.write(json.dumps(row) + "\n")
+            if it % cfg.ckpt_every == 0 or it == cfg.iters:
+                log.flush()
+                save_training_state(
+                    state_path, step=it, model=model.trainable_state(), opt=opt.state_dict(),
+                    sched=sched.state_dict(), rng=rng_state(), nfe=dict(ledger.nfe), seconds=ledger.seconds,
+                    clipper=(clipper.value, clipper.updates) if clipper else None,
+                    log_lines=sum(1 for _ in open(log_path)))
+
+    model.config = {**model.config, "finetune": {**asdict(cfg), "reward": reward_name, "base": str(model_path)}}
+    model.save(out)
+    shutil.copyfile(log_path, work / "metrics.done.jsonl")
+    (work / "metrics.done.jsonl").replace(out / "metrics.jsonl")
+    summary = {"iters": cfg.iters, "wall_clock_s": ledger.seconds, "nfe": dict(ledger.nfe)}
+    write_json(out / "summary.json", summary)
+    shutil.rmtree(work)
+    return summary
