@@ -13,9 +13,11 @@ validate(config, "workflow/schemas/config.schema.yaml")
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/gmm.smk"
+include: "workflow/rules/digits.smk"
 
 
 rule all:
     default_target: True
     input:
         rules.gmm_all.input,
+        rules.digits_all.input,

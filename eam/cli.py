@@ -92,6 +92,8 @@ def _finetune(args):
     settings.update({"method": args.method, "lam": args.lam, "seed": args.seed})
     if args.iters:
         settings["iters"] = args.iters
+    if args.guidance_scale is not None:
+        settings["guidance_scale"] = args.guidance_scale
     cfg = FinetuneConfig.from_dict(settings)
     s = finetune(cfg, args.model, args.model_path, args.reward, args.reward_path, args.prompts, args.eval_prompts,
                  args.out, progress=not args.quiet)
@@ -116,6 +118,14 @@ def _score(args):
     fname, _, fpath = args.features.partition("=")
     res = score(args.samples, args.base_samples, metrics, (fname, fpath or None), args.out)
     print(", ".join(f"{k} {v['mean']:.3f}" for k, v in res.items() if isinstance(v, dict) and "mean" in v))
+
+
+def _finetune_report(args):
+    from .report_finetune import finetune_report
+
+    grid = dict(spec.split("=", 1) for spec in args.grid or [])
+    for path in finetune_report(args.runs, args.scores, args.base_scores, args.out, grid):
+        print(path)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -169,6 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("--lam", type=float, required=True, help="reward multiplier λ")
     ft.add_argument("--seed", type=int, default=0)
     ft.add_argument("--iters", type=int, default=None)
+    ft.add_argument("--guidance-scale", type=float, default=None, help="CFG scale of base and model")
     ft.add_argument("--settings", help="YAML of FinetuneConfig settings (lr, batch, am:, eam:, ...)")
     ft.add_argument("--prompts", required=True, help="prepared training prompts (train.jsonl)")
     ft.add_argument("--eval-prompts", required=True, help="prepared evaluation prompts (eval.jsonl)")
@@ -193,6 +204,14 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--features", required=True, help="NAME=DIR of the classifier for the distance to the base")
     sc.add_argument("--out", required=True)
     sc.set_defaults(func=_score)
+
+    fr = sub.add_parser("finetune-report", help="figures and tables of a fine-tuning benchmark")
+    fr.add_argument("--runs", nargs="+", required=True, help="fine-tuning run folders")
+    fr.add_argument("--scores", nargs="+", required=True, help="their score files, in the same order")
+    fr.add_argument("--base-scores", required=True)
+    fr.add_argument("--grid", nargs="*", help="LABEL=SAMPLES rows of the sample grid")
+    fr.add_argument("--out", required=True)
+    fr.set_defaults(func=_finetune_report)
     return p
 
 

@@ -1,0 +1,232 @@
+"""Figures and tables of a fine-tuning benchmark (method × reward × λ × seed): convergence curves
+against wall-clock and function evaluations, the reward/distance-to-base trade-off across λ, sample
+grids, every metric ± standard error in CSV, Markdown and LaTeX, and the AM/EAM time-to-threshold."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from collections import defaultdict
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from .io import atomic_path, write_text  # noqa: E402
+
+COLORS = {"am": "tab:blue", "eam": "tab:orange"}
+
+
+def _read_json(path):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"cannot read {path} ({e}); re-run the rule that writes it") from None
+
+
+def load_run(run_dir, score_path) -> dict:
+    run_dir = Path(run_dir)
+    ft = _read_json(run_dir / "config.json").get("finetune")
+    if ft is None:
+        raise ValueError(f"{run_dir} is not a fine-tuning run (config.json has no 'finetune'); re-run `eam finetune`")
+    curve = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return {"method": ft["method"], "reward": ft["reward"], "lam": ft["lam"], "seed": ft["seed"],
+            "curve": [r for r in curve if "eval_reward" in r], "log": curve, "scores": _read_json(score_path)}
+
+
+def time_to(curve: list[dict], level: float, key: str) -> float:
+    """First `key` (wall-clock or NFEs) at which the eval reward reaches `level`, linear between
+    evaluations; inf if never."""
+    prev = None
+    for p in curve:
+        if p["eval_reward"] >= level:
+            if prev is None:
+                return float(p[key])
+            f = (level - prev["eval_reward"]) / (p["eval_reward"] - prev["eval_reward"])
+            return float(prev[key] + f * (p[key] - prev[key]))
+        prev = p
+    return math.inf
+
+
+def time_to_threshold(runs: list[dict], fraction: float = 0.9) -> list[dict]:
+    """Per (reward, λ, seed): wall-clock and NFEs each method needs to reach `fraction` of AM's final
+    gain in evaluation reward over the base, and the AM/EAM ratios."""
+    pairs = defaultdict(dict)
+    for r in runs:
+        pairs[(r["reward"], r["lam"], r["seed"])][r["method"]] = r
+    rows = []
+    for (reward, lam, seed), m in sorted(pairs.items()):
+        if not {"am", "eam"} <= set(m):
+            continue
+        am = m["am"]["curve"]
+        r0, gain = am[0]["eval_reward"], am[-1]["eval_reward"] - am[0]["eval_reward"]
+        level = r0 + fraction * gain
+        row = {"reward": reward, "lam": lam, "seed": seed, "threshold": level}
+        for method in ("am", "eam"):
+            for key, name in (("wall_clock_s", "s"), ("nfe_total", "nfe")):
+                row[f"{method}_{name}"] = time_to(m[method]["curve"], level, key)
+        row["ratio_s"] = row["am_s"] / row["eam_s"] if gain > 0 and row["eam_s"] > 0 else math.nan
+        row["ratio_nfe"] = row["am_nfe"] / row["eam_nfe"] if gain > 0 and row["eam_nfe"] > 0 else math.nan
+        rows.append(row)
+    return rows
+
+
+def _curves(runs, key, xlabel, path):
+    groups = defaultdict(list)
+    for r in runs:
+        groups[(r["reward"], r["lam"])].append(r)
+    keys = sorted(groups)
+    fig, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys), 4), constrained_layout=True, squeeze=False)
+    for ax, k in zip(axes[0], keys):
+        for method in ("am", "eam"):
+            rs = [r for r in groups[k] if r["method"] == method]
+            if not rs:
+                continue
+            n = min(len(r["curve"]) for r in rs)
+            xs = np.array([[p[key] for p in r["curve"][:n]] for r in rs])
+            ys = np.array([[p["eval_reward"] for p in r["curve"][:n]] for r in rs])
+            x = xs.mean(0)
+            ax.plot(x, ys.mean(0), color=COLORS[method], marker="o", ms=3, label=f"{method.upper()} (mean of {len(rs)} seeds)")
+            ax.fill_between(x, ys.min(0), ys.max(0), color=COLORS[method], alpha=0.2, lw=0)
+        ax.set(title=f"reward {k[0]}, λ = {k[1]:g}", xlabel=xlabel, ylabel=f"{k[0]} on the fixed eval batch")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, title="band: min–max over seeds", title_fontsize=7)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+
+
+def _tradeoff(runs, base, path):
+    rewards = sorted({r["reward"] for r in runs})
+    fig, axes = plt.subplots(1, len(rewards), figsize=(5.5 * len(rewards), 4.2), constrained_layout=True, squeeze=False)
+    for ax, reward in zip(axes[0], rewards):
+        ax.errorbar([0.0], [base[reward]["mean"]], yerr=[base[reward]["se"]], fmt="ks", label="base")
+        for method in ("am", "eam"):
+            pts = defaultdict(list)
+            for r in runs:
+                if r["reward"] == reward and r["method"] == method:
+                    pts[r["lam"]].append((r["scores"]["fd_to_base"], r["scores"][reward]["mean"]))
+            lams = sorted(pts)
+            fd = [np.mean([p[0] for p in pts[lam]]) for lam in lams]
+            rw = [np.mean([p[1] for p in pts[lam]]) for lam in lams]
+            ax.plot(fd, rw, "-o", color=COLORS[method], label=method.upper())
+            for lam, x, y in zip(lams, fd, rw):
+                ax.annotate(f"λ={lam:g}", (x, y), textcoords="offset points", xytext=(4, -10), fontsize=7)
+        ax.set(title=f"{reward}: reward vs distance to the base (across λ)",
+               xlabel="Fréchet distance to base samples (classifier features)", ylabel=f"{reward} (mean over eval samples)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+
+
+def _grid(samples: dict, path, per_prompt_shown: int = 4):
+    """Rows: base and each shown run; columns: the evaluation prompts, a few seeds each."""
+    from .evaluate import load_samples
+
+    rows = []
+    for label, p in samples.items():
+        x, cond, meta = load_samples(p)
+        k = int(meta["per_prompt"])
+        x = x.view(-1, k, *x.shape[1:])[:, :per_prompt_shown]
+        rows.append((label, x, cond.texts[::k]))
+    n_prompts = rows[0][1].shape[0]
+    fig, axes = plt.subplots(len(rows), n_prompts, figsize=(1.3 * n_prompts, 1.5 * len(rows)), squeeze=False)
+    for i, (label, x, texts) in enumerate(rows):
+        for j in range(n_prompts):
+            tiles = x[j, :, 0].clamp(-1, 1)
+            img = np.concatenate([np.concatenate(list(tiles[:2].numpy()), 1), np.concatenate(list(tiles[2:4].numpy()), 1)], 0) \
+                if len(tiles) >= 4 else np.concatenate(list(tiles.numpy()), 1)
+            ax = axes[i, j]
+            ax.imshow(img, cmap="gray_r", vmin=-1, vmax=1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == 0:
+                ax.set_title(texts[j], fontsize=6)
+            if j == 0:
+                ax.set_ylabel(label, fontsize=7)
+    fig.suptitle("evaluation samples (same seeds in every row)", fontsize=9)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+
+
+def _metric_names(scores: dict) -> list[str]:
+    return [k for k, v in scores.items() if isinstance(v, dict) and "mean" in v]
+
+
+def _tables(runs, base) -> tuple[str, str, str]:
+    metrics = _metric_names(base)
+    groups = defaultdict(list)
+    for r in runs:
+        groups[(r["method"], r["reward"], r["lam"])].append(r)
+    header = ["method", "reward", "λ", "seeds", *metrics, "fd_to_base", "s / iter", "NFE / sample / iter"]
+    rows = [["base", "-", "-", "-", *(f"{base[m]['mean']:.3f} ± {base[m]['se']:.3f}" for m in metrics), "0", "-", "-"]]
+    for (method, reward, lam), rs in sorted(groups.items()):
+        cells = []
+        for m in metrics:
+            # mean over seeds; SE combines the spread over seeds with each run's sampling SE
+            means = np.array([r["scores"][m]["mean"] for r in rs])
+            ses = np.array([r["scores"][m]["se"] for r in rs])
+            se = math.sqrt((means.var(ddof=1) / len(rs) if len(rs) > 1 else 0) + (ses**2).mean() / len(rs))
+            cells.append(f"{means.mean():.3f} ± {se:.3f}")
+        fds = np.array([r["scores"]["fd_to_base"] for r in rs])
+        fd_se = fds.std(ddof=1) / math.sqrt(len(rs)) if len(rs) > 1 else 0.0
+        last = [r["log"][-1] for r in rs]
+        s_iter = np.mean([row["wall_clock_s"] / row["iter"] for row in last])
+        batch = rs[0]["scores"].get("batch")
+        nfe = np.mean([row["nfe_total"] / row["iter"] for row in last])
+        rows.append([method, reward, f"{lam:g}", str(len(rs)), *cells, f"{fds.mean():.3f} ± {fd_se:.3f}",
+                     f"{s_iter:.3f}", f"{nfe / batch:.0f}" if batch else f"{nfe:.0f} (per batch)"])
+    buf = io.StringIO()
+    csv.writer(buf).writerows([header, *rows])
+    md = "| " + " | ".join(header) + " |\n|" + "---|" * len(header) + "\n" + \
+        "".join("| " + " | ".join(r) + " |\n" for r in rows)
+    esc = lambda s: s.replace("±", r"$\pm$").replace("λ", r"$\lambda$").replace("_", r"\_")  # noqa: E731
+    tex = ("\\begin{tabular}{" + "l" * 4 + "r" * (len(header) - 4) + "}\n\\toprule\n" + " & ".join(map(esc, header))
+           + " \\\\\n\\midrule\n" + "".join(" & ".join(map(esc, r)) + " \\\\\n" for r in rows) + "\\bottomrule\n\\end{tabular}\n")
+    return buf.getvalue(), md, tex
+
+
+def finetune_report(run_dirs, score_paths, base_score_path, out, grid: dict | None = None) -> list[str]:
+    if len(run_dirs) != len(score_paths):
+        raise ValueError(f"{len(run_dirs)} runs but {len(score_paths)} score files; pass them in the same order")
+    runs = [load_run(d, s) for d, s in zip(run_dirs, score_paths)]
+    for r, d in zip(runs, run_dirs):
+        r["scores"]["batch"] = _read_json(Path(d) / "config.json")["finetune"]["batch"]
+    base = _read_json(base_score_path)
+    out = Path(out)
+    written = []
+    _curves(runs, "wall_clock_s", "training wall-clock [s] (evaluation excluded)", out / "reward_vs_time.png")
+    _curves(runs, "nfe_total", "function evaluations [sample-evaluations, all kinds]", out / "reward_vs_nfe.png")
+    _tradeoff(runs, base, out / "tradeoff.png")
+    written += [str(out / n) for n in ("reward_vs_time.png", "reward_vs_nfe.png", "tradeoff.png")]
+    if grid:
+        _grid(grid, out / "samples.png")
+        written.append(str(out / "samples.png"))
+    table_csv, table_md, table_tex = _tables(runs, base)
+    tt = time_to_threshold(runs)
+    ratios = [r["ratio_s"] for r in tt if math.isfinite(r["ratio_s"])]
+    summary = "no AM/EAM pair reached the threshold" if not ratios else (
+        f"AM/EAM time-to-threshold ratio (wall-clock to 90% of AM's final gain): {np.mean(ratios):.2f} ± "
+        f"{(np.std(ratios, ddof=1) / math.sqrt(len(ratios)) if len(ratios) > 1 else 0):.2f} (mean ± SE over "
+        f"{len(ratios)} (reward, λ, seed) pairs; min {min(ratios):.2f}, max {max(ratios):.2f})")
+    buf = io.StringIO()
+    if tt:
+        w = csv.DictWriter(buf, fieldnames=list(tt[0]))
+        w.writeheader()
+        w.writerows(tt)
+    write_text(out / "time_to_threshold.csv", buf.getvalue())
+    write_text(out / "table.csv", table_csv)
+    write_text(out / "table.tex", table_tex)
+    write_text(out / "table.md", table_md + "\nMetrics: mean ± standard error (over evaluation samples and seeds); "
+               "fd_to_base: Fréchet distance to base samples in the training classifier's features; "
+               f"guidance scale {base.get('guidance_scale')}. {summary}.\n")
+    written += [str(out / n) for n in ("table.csv", "table.md", "table.tex", "time_to_threshold.csv")]
+    return written

@@ -1,0 +1,164 @@
+# Embedded default: a text-to-image-like benchmark on sklearn's digits, offline on 2 CPU cores.
+# prompts -> base and reward models -> AM/EAM fine-tuning (method x reward x lambda x seed)
+# -> evaluation samples (fixed seeds) -> every metric -> figures and tables.
+DIG = config["digits"]
+DRES = f"{RESULTS}/digits"
+check_files([DIG["prompts"], DIG["settings"]], "digits input file")
+RUN = "{method}/{reward}/lam{lam}/seed{seed}"
+RUNS = expand(RUN, method=DIG["methods"], reward=DIG["rewards"], lam=DIG["lambdas"], seed=DIG["seeds"])
+MODEL_FILES = ["config.json", "model.safetensors"]
+
+
+def reward_dir(name):
+    """Weights folder of a trained digits reward; None for analytic rewards."""
+    return f"{DRES}/models/{name}" if name in TRAINED_REWARDS else None
+
+
+TRAINED_REWARDS = ["digit_classifier", "heldout_classifier", "digit_clip"]
+
+
+def metric_args(names):
+    return " ".join(f"--metric {n}={reward_dir(n)}" if reward_dir(n) else f"--metric {n}" for n in names)
+
+
+rule digits_prompts:
+    input:
+        DIG["prompts"],
+    output:
+        train=f"{DRES}/prompts/train.jsonl",
+        eval=f"{DRES}/prompts/eval.jsonl",
+    log:
+        f"{RESULTS}/logs/digits/prompts.log",
+    shell:
+        "eam prompts {input} --domain digits --out {DRES}/prompts > {log} 2>&1"
+
+
+rule digits_reward_model:
+    input:
+        prompts=rules.digits_prompts.output.train,
+    output:
+        expand(f"{DRES}/models/{{{{name}}}}/{{f}}", f=MODEL_FILES),
+    wildcard_constraints:
+        name="|".join(TRAINED_REWARDS),
+    params:
+        epochs=DIG["reward_epochs"],
+    log:
+        f"{RESULTS}/logs/digits/{{name}}.log",
+    threads: 1
+    resources:
+        runtime=15,
+    shell:
+        "OMP_NUM_THREADS={threads} eam digits-pretrain {wildcards.name} --prompts {input.prompts} --iters {params.epochs} "
+        "--out {DRES}/models/{wildcards.name} --quiet > {log} 2>&1"
+
+
+rule digits_base:
+    input:
+        expand(f"{DRES}/models/digit_classifier/{{f}}", f=MODEL_FILES),
+    output:
+        expand(f"{DRES}/models/base/{{f}}", f=MODEL_FILES),
+    params:
+        iters=DIG["base"]["iters"],
+        channels=DIG["base"]["channels"],
+        min_accuracy=DIG["base"]["min_accuracy"],
+    log:
+        f"{RESULTS}/logs/digits/base.log",
+    threads: 1
+    resources:
+        runtime=30,
+    shell:
+        "OMP_NUM_THREADS={threads} eam digits-pretrain flow --iters {params.iters} --channels {params.channels} "
+        "--check-with {DRES}/models/digit_classifier --min-accuracy {params.min_accuracy} --out {DRES}/models/base --quiet > {log} 2>&1"
+
+
+rule digits_finetune:
+    input:
+        base=rules.digits_base.output,
+        reward=lambda w: expand(f"{DRES}/models/{w.reward}/{{f}}", f=MODEL_FILES) if reward_dir(w.reward) else [],
+        prompts=rules.digits_prompts.output,
+        settings=DIG["settings"],
+    output:
+        expand(f"{DRES}/runs/{RUN}/{{f}}", f=[*MODEL_FILES, "metrics.jsonl", "summary.json"], allow_missing=True),
+    params:
+        reward_path=lambda w: f"--reward-path {reward_dir(w.reward)}" if reward_dir(w.reward) else "",
+        out=f"{DRES}/runs/{RUN}",
+        guidance=DIG["guidance_scale"],
+    log:
+        f"{RESULTS}/logs/digits/runs/{RUN}.log",
+    threads: 1
+    resources:
+        runtime=60,
+    shell:
+        "OMP_NUM_THREADS={threads} eam finetune --model digits_flow --model-path {DRES}/models/base "
+        "--reward {wildcards.reward} {params.reward_path} --method {wildcards.method} --lam {wildcards.lam} "
+        "--seed {wildcards.seed} --settings {input.settings} --prompts {input.prompts[0]} "
+        "--eval-prompts {input.prompts[1]} --guidance-scale {params.guidance} --out {params.out} --quiet > {log} 2>&1"
+
+
+def model_dir(w):
+    return f"{DRES}/models/base" if w.run == "base" else f"{DRES}/runs/{w.run}"
+
+
+rule digits_sample:
+    input:
+        model=lambda w: f"{model_dir(w)}/model.safetensors",
+        prompts=rules.digits_prompts.output.eval,
+    output:
+        f"{DRES}/samples/{{run}}.safetensors",
+    params:
+        model=model_dir,
+        per_prompt=DIG["eval"]["per_prompt"],
+        steps=DIG["eval"]["steps"],
+        guidance=DIG["guidance_scale"],
+    log:
+        f"{RESULTS}/logs/digits/samples/{{run}}.log",
+    threads: 1
+    shell:
+        "OMP_NUM_THREADS={threads} eam sample --model digits_flow --model-path {params.model} --prompts {input.prompts} "
+        "--per-prompt {params.per_prompt} --steps {params.steps} --guidance-scale {params.guidance} "
+        "--out {output} > {log} 2>&1"
+
+
+rule digits_score:
+    input:
+        samples=f"{DRES}/samples/{{run}}.safetensors",
+        base=f"{DRES}/samples/base.safetensors",
+        models=expand(f"{DRES}/models/{{name}}/model.safetensors", name=TRAINED_REWARDS),
+    output:
+        f"{DRES}/scores/{{run}}.json",
+    params:
+        metrics=metric_args(DIG["metrics"]),
+    log:
+        f"{RESULTS}/logs/digits/scores/{{run}}.log",
+    threads: 1
+    shell:
+        "OMP_NUM_THREADS={threads} eam score --samples {input.samples} --base-samples {input.base} {params.metrics} "
+        "--features digit_classifier={DRES}/models/digit_classifier --out {output} > {log} 2>&1"
+
+
+rule digits_report:
+    input:
+        runs=expand(f"{DRES}/runs/{{run}}/metrics.jsonl", run=RUNS),
+        scores=expand(f"{DRES}/scores/{{run}}.json", run=RUNS),
+        base=f"{DRES}/scores/base.json",
+        grid=[f"{DRES}/samples/base.safetensors",
+              *(f"{DRES}/samples/{m}/{DIG['rewards'][0]}/lam{max(DIG['lambdas'])}/seed{DIG['seeds'][0]}.safetensors"
+                for m in DIG["methods"])],
+    output:
+        expand(f"{DRES}/report/{{f}}", f=["reward_vs_time.png", "reward_vs_nfe.png", "tradeoff.png", "samples.png",
+                                          "table.csv", "table.md", "table.tex", "time_to_threshold.csv"]),
+    params:
+        runs=expand(f"{DRES}/runs/{{run}}", run=RUNS),
+        grid=" ".join(["base=" + f"{DRES}/samples/base.safetensors",
+                       *(f"{m.upper()}_lam{max(DIG['lambdas'])}={DRES}/samples/{m}/{DIG['rewards'][0]}/"
+                         f"lam{max(DIG['lambdas'])}/seed{DIG['seeds'][0]}.safetensors" for m in DIG["methods"])]),
+    log:
+        f"{RESULTS}/logs/digits/report.log",
+    shell:
+        "eam finetune-report --runs {params.runs} --scores {input.scores} --base-scores {input.base} "
+        "--grid {params.grid} --out {DRES}/report > {log} 2>&1"
+
+
+rule digits_all:
+    input:
+        rules.digits_report.output,
