@@ -70,8 +70,10 @@ def time_to_threshold(runs: list[dict], fraction: float = 0.9) -> list[dict]:
         for method in ("am", "eam"):
             for key, name in (("wall_clock_s", "s"), ("nfe_total", "nfe")):
                 row[f"{method}_{name}"] = time_to(m[method]["curve"], level, key)
-        row["ratio_s"] = row["am_s"] / row["eam_s"] if gain > 0 and row["eam_s"] > 0 else math.nan
-        row["ratio_nfe"] = row["am_nfe"] / row["eam_nfe"] if gain > 0 and row["eam_nfe"] > 0 else math.nan
+        for name in ("s", "nfe"):  # defined only where both reached the threshold after some training
+            am_t, eam_t = row[f"am_{name}"], row[f"eam_{name}"]
+            ok = gain > 0 and math.isfinite(am_t) and math.isfinite(eam_t) and eam_t > 0
+            row[f"ratio_{name}"] = am_t / eam_t if ok else math.nan
         rows.append(row)
     return rows
 
@@ -213,10 +215,13 @@ def finetune_report(run_dirs, score_paths, base_score_path, out, grid: dict | No
     table_csv, table_md, table_tex = _tables(runs, base)
     tt = time_to_threshold(runs)
     ratios = [r["ratio_s"] for r in tt if math.isfinite(r["ratio_s"])]
+    unreached = sum(not math.isfinite(r["eam_s"]) for r in tt)
     summary = "no AM/EAM pair reached the threshold" if not ratios else (
         f"AM/EAM time-to-threshold ratio (wall-clock to 90% of AM's final gain): {np.mean(ratios):.2f} ± "
         f"{(np.std(ratios, ddof=1) / math.sqrt(len(ratios)) if len(ratios) > 1 else 0):.2f} (mean ± SE over "
         f"{len(ratios)} (reward, λ, seed) pairs; min {min(ratios):.2f}, max {max(ratios):.2f})")
+    if unreached:
+        summary += f"; EAM did not reach the threshold in {unreached} of {len(tt)} pairs"
     buf = io.StringIO()
     if tt:
         w = csv.DictWriter(buf, fieldnames=list(tt[0]))

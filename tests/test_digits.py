@@ -1,0 +1,157 @@
+"""The digits domain on tiny models trained here and saved in the real formats: loading through the
+registry, one-line errors for missing weights, reward gradients against finite differences, AM and
+EAM steps that train only the model, and a killed fine-tuning job that resumes to the same result."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from eam.adapters.digits_flow import DigitsFlow
+from eam.checkpoint import MissingWeights
+from eam.digits import pretrain
+from eam.finetune import FinetuneConfig
+from eam.losses import AMConfig, EAMConfig, am_loss, eam_loss
+from eam.prompts import PromptBatch, prepare
+from eam.reference import LinearReference
+from eam.registry import lookup
+from eam.rewards import load_reward, reward_grad
+from eam.report_finetune import time_to
+
+ROOT = Path(__file__).resolve().parents[1]
+TRAINED = ("digit_classifier", "heldout_classifier", "digit_clip")
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    d = tmp_path_factory.mktemp("digits")
+    train, ev = prepare(ROOT / "config/prompts/digits.txt", d / "prompts", "digits")
+    pretrain.train_flow(d / "base", iters=5, channels=8, progress=False)
+    pretrain.train_classifier("digit_classifier", d / "digit_classifier", epochs=1, progress=False)
+    pretrain.train_classifier("heldout_classifier", d / "heldout_classifier", epochs=1, progress=False)
+    pretrain.train_clip(d / "digit_clip", train, epochs=1, progress=False)
+    return d
+
+
+def _batch(n=6, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, 10, (n,), generator=g)
+    return torch.randn(n, 1, 8, 8, generator=g), PromptBatch([f"a handwritten {int(c)}" for c in labels], labels)
+
+
+def test_models_round_trip_through_the_registry(tiny):
+    x, cond = _batch()
+    t = torch.rand(len(x))
+    a, b = lookup("model", "digits_flow").load(tiny / "base"), DigitsFlow.load(tiny / "base")
+    assert torch.equal(a(x, t, cond), b(x, t, cond))
+    for name in TRAINED:
+        r = load_reward(name, tiny / name)(x, cond)
+        assert r.shape == (len(x),) and torch.isfinite(r).all()
+    assert (tiny / "base" / "model.safetensors").read_bytes()[:8] != b"PK\x03\x04"  # safetensors, not a zip pickle
+
+
+def test_guidance_combines_conditional_and_null_predictions(tiny):
+    x, cond = _batch()
+    t = torch.rand(len(x))
+    m = DigitsFlow.load(tiny / "base", guidance_scale=3.0)
+    v_c = m.net(x, t, cond.labels)
+    v_u = m.net(x, t, torch.full_like(cond.labels, 10))
+    torch.testing.assert_close(m(x, t, cond), v_u + 3.0 * (v_c - v_u))
+
+
+@pytest.mark.parametrize("name", ["digits_flow", *TRAINED])
+def test_missing_weights_are_a_one_line_error(tmp_path, name, capsys):
+    with pytest.raises(MissingWeights, match=r"not found in .*; train it with `eam digits-pretrain"):
+        (lookup("model", name).load(tmp_path) if name == "digits_flow" else load_reward(name, tmp_path))
+    from eam.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["sample", "--model", "digits_flow", "--model-path", str(tmp_path), "--prompts", "x.jsonl", "--out", "s"])
+    assert e.value.code == 2 and len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("name", [*TRAINED, "stroke_quality"])
+def test_reward_gradient_matches_finite_differences(tiny, name):
+    reward = load_reward(name, tiny / name if name in TRAINED else None).double()
+    x, cond = _batch(3, seed=1)
+    x = x.double()
+    _, g = reward_grad(reward, x, cond)
+    d = torch.randn_like(x)
+    eps = 1e-5
+    fd = (reward(x + eps * d, cond) - reward(x - eps * d, cond)) / (2 * eps)
+    torch.testing.assert_close((g * d).flatten(1).sum(1), fd, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("method", ["am", "eam"])
+def test_a_training_step_moves_only_the_model(tiny, method):
+    base = DigitsFlow.load(tiny / "base").requires_grad_(False)
+    model = DigitsFlow.load(tiny / "base")
+    before = {k: v.clone() for k, v in base.state_dict().items()}
+    reward = load_reward("digit_classifier", tiny / "digit_classifier")
+    x0, cond = _batch(4)
+    if method == "am":
+        out = am_loss(model, base, reward, 10.0, x0, AMConfig(n_steps=4, n_last=2, n_random=1), cond)
+    else:
+        out = eam_loss(model, base, reward, 10.0, x0, LinearReference(model.interpolant),
+                       EAMConfig(ode_steps=2, ode_method="euler", n_times=2), cond)
+    assert torch.isfinite(out.loss)
+    out.loss.backward()
+    assert all(p.grad is not None for p in model.parameters())
+    assert all(p.grad is None for p in base.parameters()) and all(p.grad is None for p in reward.parameters())
+    assert all(torch.equal(v, before[k]) for k, v in base.state_dict().items())
+
+
+def _finetune_cmd(tiny, out, iters):
+    settings = {"iters": iters, "batch": 4, "eval_every": 3, "eval_per_prompt": 1, "eval_steps": 2, "ckpt_every": 3,
+                "eam": {"ode_steps": 2, "ode_method": "euler", "n_times": 2}}
+    (tiny / "settings.json").write_text(json.dumps(settings))
+    return [sys.executable, "-m", "eam.cli", "finetune", "--model", "digits_flow", "--model-path", str(tiny / "base"),
+            "--reward", "digit_classifier", "--reward-path", str(tiny / "digit_classifier"), "--method", "eam",
+            "--lam", "10", "--settings", str(tiny / "settings.json"), "--prompts", str(tiny / "prompts/train.jsonl"),
+            "--eval-prompts", str(tiny / "prompts/eval.jsonl"), "--out", str(out), "--quiet"]
+
+
+def test_killed_run_resumes_to_the_same_result(tiny, tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    straight = tmp_path / "straight"
+    subprocess.run(_finetune_cmd(tiny, straight, 60), check=True, env=env, capture_output=True)
+    killed = tmp_path / "killed"
+    p = subprocess.Popen(_finetune_cmd(tiny, killed, 60), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    state = Path(str(killed) + ".work") / "state.pt"
+    deadline = time.time() + 120
+    while time.time() < deadline and p.poll() is None:
+        if state.exists() and torch.load(state, weights_only=True)["step"] >= 9:
+            break
+        time.sleep(0.05)
+    assert p.poll() is None, "the run finished before it could be killed; make it longer"
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    assert not (killed / "model.safetensors").exists()
+    r = subprocess.run(_finetune_cmd(tiny, killed, 60), env=env, capture_output=True, text=True)
+    assert r.returncode == 0 and "resuming" in r.stdout, r.stderr
+    rows = [json.loads(line)["iter"] for line in (killed / "metrics.jsonl").read_text().splitlines()]
+    assert rows == list(range(61))  # no gap, no duplicate
+    a, b = DigitsFlow.load(straight), DigitsFlow.load(killed)
+    for (k, va), vb in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(va, vb), k
+
+
+def test_bad_settings_are_rejected_in_one_line():
+    with pytest.raises(ValueError, match="unknown fine-tuning setting 'learning_rate'"):
+        FinetuneConfig.from_dict({"learning_rate": 1})
+    with pytest.raises(ValueError, match="unknown method 'sgd'"):
+        FinetuneConfig.from_dict({"method": "sgd"})
+    with pytest.raises(ValueError, match="unknown eam setting 'steps'"):
+        FinetuneConfig.from_dict({"eam": {"steps": 3}})
+
+
+def test_time_to_threshold_interpolates_between_evaluations():
+    curve = [{"eval_reward": 0.0, "wall_clock_s": 0.0}, {"eval_reward": 1.0, "wall_clock_s": 10.0},
+             {"eval_reward": 3.0, "wall_clock_s": 20.0}]
+    assert time_to(curve, 2.0, "wall_clock_s") == pytest.approx(15.0)
+    assert time_to(curve, 4.0, "wall_clock_s") == float("inf")
