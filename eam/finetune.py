@@ -162,7 +162,7 @@ def finetune(cfg: FinetuneConfig, model_name: str, model_path, reward_name: str,
                 opt.step()
                 sched.step()
                 ledger.add(o.nfe)
-            row = {"iter": it, "loss": float(o.loss), "reward": float(o.reward.mean()),
+            row = {"iter": it, "loss": o.loss.item(), "reward": o.reward.mean().item(),
                    "wall_clock_s": ledger.seconds, "nfe_total": ledger.total(),
                    **{f"nfe_{k}": v for k, v in ledger.nfe.items()}}
             if it % cfg.eval_every == 0 or it == cfg.iters:

@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import json
+
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,25 +31,68 @@ def _snakemake(workdir, *args):
 def test_dry_run_of_all_on_the_default_config(tmp_path):
     p = _snakemake(_workdir(tmp_path), "-n", "all")
     assert p.returncode == 0, p.stderr
-    assert "gmm_run" in p.stdout and "gmm_report" in p.stdout
+    for rule in ("gmm_run", "gmm_report", "digits_prompts", "digits_base", "digits_reward_model", "digits_finetune",
+                 "digits_sample", "digits_score", "digits_report"):
+        assert rule in p.stdout, rule
 
 
-def test_tiny_real_run_then_noop(tmp_path):
+def test_tiny_real_run_then_noop_and_resume(tmp_path):
     wd = _workdir(tmp_path)
-    (wd / "tiny.yaml").write_text(
-        "gmm:\n  cases: [mix2d_linear]\n  variants: [am, eam-endpoint]\n  seeds: [0]\n  iters: 3\n")
-    p = _snakemake(wd, "all", "--configfile", "tiny.yaml")
+    shutil.copytree(ROOT / "tests" / "data", wd / "tests" / "data")
+    tiny = ["--configfile", "tests/data/tiny_config.yaml"]
+    p = _snakemake(wd, "all", *tiny)
     assert p.returncode == 0, p.stderr[-3000:]
-    assert (wd / "results/gmm/report/table.md").is_file()
-    assert (wd / "results/gmm/report/mix2d_linear.png").is_file()
-    again = _snakemake(wd, "-n", "all", "--configfile", "tiny.yaml")
+    for f in ("gmm/report/table.md", "gmm/report/mix2d_linear.png", "digits/report/table.md", "digits/report/table.tex",
+              "digits/report/table.csv", "digits/report/reward_vs_time.png", "digits/report/samples.png",
+              "digits/report/tradeoff.png", "digits/report/time_to_threshold.csv"):
+        assert (wd / "results" / f).is_file(), f
+    again = _snakemake(wd, "-n", "all", *tiny)
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
+    # a fine-tuning job killed after a checkpoint: its outputs are gone, its work folder holds the state
+    run = wd / "results/digits/runs/eam/digit_classifier/lam10/seed0"
+    state = wd / "results/digits/runs/eam/digit_classifier/lam10/seed0.work"
+    from eam.checkpoint import save_training_state
+
+    log = (run / "metrics.jsonl").read_text().splitlines()
+    downstream = [*run.iterdir(), *(wd / "results/digits/report").iterdir(),
+                  wd / "results/digits/samples/eam/digit_classifier/lam10/seed0.safetensors",
+                  wd / "results/digits/scores/eam/digit_classifier/lam10/seed0.json"]
+    for f in downstream:  # killed mid-way: nothing after the job exists yet
+        f.unlink()
+    state.mkdir()
+    (state / "metrics.jsonl").write_text("\n".join(log[:3]) + "\n")
+    save_training_state(state / "state.pt", **_state_after_two_steps(wd, log))
+    p = _snakemake(wd, "all", *tiny)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "resuming" in (wd / "results/logs/digits/runs/eam/digit_classifier/lam10/seed0.log").read_text()
+    rows = [json.loads(line)["iter"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert rows == [0, 1, 2, 3, 4]
+
+
+def _state_after_two_steps(wd, log):
+    """A checkpoint as the trainer writes it at step 2 (weights of the base, fresh optimiser)."""
+    import torch
+
+    from eam.adapters.digits_flow import DigitsFlow
+    from eam.checkpoint import rng_state
+
+    model = DigitsFlow.load(wd / "results/digits/models/base")
+    opt = torch.optim.Adam(model.trainable_parameters())
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 1.0)
+    row = json.loads(log[2])
+    return dict(step=2, model=model.trainable_state(), opt=opt.state_dict(), sched=sched.state_dict(), rng=rng_state(),
+                nfe={k[4:]: v for k, v in row.items() if k.startswith("nfe_") and k != "nfe_total"},
+                seconds=row["wall_clock_s"], clipper=None, log_lines=3)
 
 
 @pytest.mark.parametrize("bad,needle", [
     ("gmm:\n  cases: [mix2d_linear]\n  variants: [sgd]\n  seeds: [0]\n", "sgd"),
     ("gmm:\n  cases: [no_such_case]\n  variants: [am]\n  seeds: [0]\n", "no_such_case"),
     ("gmm:\n  cases: [mix2d_linear]\n  variants: [am]\n  seeds: [0]\n  delta: 2.0\n", "delta"),
+    ("digits:\n  methods: [sgd]\n", "sgd"),
+    ("digits:\n  rewards: [pickscore_v9]\n", "pickscore_v9"),
+    ("digits:\n  prompts: config/prompts/missing.txt\n", "missing.txt"),
+    ("digits:\n  lambdas: [-1]\n", "-1"),
 ])
 def test_bad_config_is_rejected(tmp_path, bad, needle):
     wd = _workdir(tmp_path)
