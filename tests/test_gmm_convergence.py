@@ -26,9 +26,9 @@ def _bound(res):
 VARIANTS = {"am": ["--method", "am"],
             "eam-endpoint": ["--method", "eam", "--base-score", "endpoint", "--delta", "0.05"],
             "eam-exact": ["--method", "eam", "--base-score", "exact"]}
-# Measured (README, "Ground truth"): on mix2d_quadratic EAM fixes the modes' shapes but corrects their
-# relative weights too slowly for the default budget (sliced-W2 0.125 at 800 iterations, 0.093 at 2400,
-# bound 0.088). Strict: the day it passes, this marker must go.
+# Measured (README, "Ground truth", "Why EAM moves mass between separated modes slowly"): on
+# mix2d_quadratic EAM fixes the modes' shapes but stalls on their relative weights (sliced-W2 0.125 at
+# 800 iterations, 0.093 at 2400, bound 0.088). Strict: the day it passes, this marker must go.
 EAM_QUADRATIC_SLOW = pytest.mark.xfail(strict=True, reason="EAM corrects mode weights slowly on mix2d_quadratic")
 
 
