@@ -203,6 +203,9 @@ def finetune_report(run_dirs, score_paths, base_score_path, out, grid: dict | No
     for r, d in zip(runs, run_dirs):
         r["scores"]["batch"] = _read_json(Path(d) / "config.json")["finetune"]["batch"]
     base = _read_json(base_score_path)
+    missing = sorted({r["reward"] for r in runs} - set(_metric_names(base)))
+    if missing:
+        raise ValueError(f"training reward(s) {', '.join(missing)} are not scored; add them to the metrics list")
     out = Path(out)
     written = []
     _curves(runs, "wall_clock_s", "training wall-clock [s] (evaluation excluded)", out / "reward_vs_time.png")
