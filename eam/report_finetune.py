@@ -96,6 +96,7 @@ def _curves(runs, key, xlabel, path):
             ax.plot(x, ys.mean(0), color=COLORS[method], marker="o", ms=3, label=f"{method.upper()} (mean of {len(rs)} seeds)")
             ax.fill_between(x, ys.min(0), ys.max(0), color=COLORS[method], alpha=0.2, lw=0)
         ax.set(title=f"reward {k[0]}, λ = {k[1]:g}", xlabel=xlabel, ylabel=f"{k[0]} on the fixed eval batch")
+        ax.ticklabel_format(axis="x", style="sci", scilimits=(-3, 4))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, title="band: min–max over seeds", title_fontsize=7)
     with atomic_path(path) as tmp:
