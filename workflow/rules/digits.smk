@@ -44,6 +44,7 @@ rule digits_reward_model:
         epochs=DIG["reward_epochs"],
     log:
         f"{RESULTS}/logs/digits/{{name}}.log",
+    priority: 10
     threads: 1
     resources:
         runtime=15,
@@ -63,6 +64,7 @@ rule digits_base:
         min_accuracy=DIG["base"]["min_accuracy"],
     log:
         f"{RESULTS}/logs/digits/base.log",
+    priority: 10  # the longest chain of the DAG: start it first
     threads: 1
     resources:
         runtime=30,
