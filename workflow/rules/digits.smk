@@ -29,6 +29,7 @@ rule digits_prompts:
         eval=f"{DRES}/prompts/eval.jsonl",
     log:
         f"{RESULTS}/logs/digits/prompts.log",
+    priority: 10
     shell:
         "eam prompts {input} --domain digits --out {DRES}/prompts > {log} 2>&1"
 
