@@ -193,7 +193,7 @@ def run(case: GMMCase, method: str, cfg: GMMTrainConfig, seed: int = 0, progress
             ema.update(model)
             ledger.add(out.nfe)
         if it % cfg.eval_every == 0 or it == cfg.iters:
-            ev, _ = evaluate(ema.model, case, p_star, cfg, seed + 1)
+            ev, x_last = evaluate(ema.model, case, p_star, cfg, seed + 1)
             curve.append({"iter": it, "wall_clock_s": ledger.seconds,
                           "nfe_total": ledger.total(), **ev})
     final = curve[-1]
@@ -202,6 +202,8 @@ def run(case: GMMCase, method: str, cfg: GMMTrainConfig, seed: int = 0, progress
         "sliced_w2": final["sliced_w2"], "sliced_w2_floor": floor, "sliced_w2_base": base_eval["sliced_w2"],
         "reward_mean": final["reward_mean"], "reward_mean_exact": float(reward(p_star).mean()),
         "reward_mean_base": base_eval["reward_mean"],
+        # mass of each component of p* in the fine-tuned samples (soft assignment) against the exact weights
+        "component_weights": target.responsibilities(x_last).mean(0).tolist(), "component_weights_exact": target.w.tolist(),
         "wall_clock_s": ledger.seconds, "iters": cfg.iters, "batch": cfg.batch, "nfe": dict(ledger.nfe),
         "config": asdict(cfg), "curve": curve,
     }

@@ -23,11 +23,32 @@ def _gmm(args):
             cfg.eam.delta = args.delta
     elif args.base_score != "endpoint" or args.delta is not None:
         raise ValueError("--base-score and --delta apply to --method eam only")
+    for spec in args.set or []:
+        _set_field(cfg, spec)
     result = run(case, args.method, cfg, seed=args.seed, progress=not args.quiet)
     write_json(args.out, result)
     print(f"{case.name} {args.method}: sliced_w2 {result['sliced_w2']:.3f} (floor {result['sliced_w2_floor']:.3f}, "
           f"base {result['sliced_w2_base']:.3f}), reward {result['reward_mean']:.3f} "
           f"(exact {result['reward_mean_exact']:.3f}) in {result['wall_clock_s']:.0f} s -> {args.out}")
+
+
+def _set_field(cfg, spec: str):
+    """Apply KEY=VALUE to a (nested) dataclass config, e.g. `eam.t_max=0.9` or `lr=0.01`."""
+    key, sep, raw = spec.partition("=")
+    if not sep:
+        raise ValueError(f"--set takes KEY=VALUE, got {spec!r}")
+    *path, last = key.split(".")
+    obj = cfg
+    for name in path:
+        obj = getattr(obj, name, None)
+    if obj is None or not hasattr(obj, "__dataclass_fields__") or last not in obj.__dataclass_fields__:
+        raise ValueError(f"unknown setting {key!r} in --set")
+    current = getattr(obj, last)
+    kind = type(current) if current is not None and not isinstance(current, bool) else float
+    try:
+        setattr(obj, last, kind(raw))
+    except ValueError:
+        raise ValueError(f"--set {key}: {raw!r} is not a {kind.__name__}") from None
 
 
 def _gmm_report(args):
@@ -140,6 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--delta", type=float, default=None, help="endpoint estimator: t' = 1 - δ (default 0.05)")
     g.add_argument("--iters", type=int, default=None, help="training iterations (default: the method's)")
     g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a training setting of bench_gmm.GMMTrainConfig, e.g. lr=0.01 or eam.ode_steps=32")
     g.add_argument("--out", required=True, help="RESULT.json")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
     g.set_defaults(func=_gmm)

@@ -55,6 +55,11 @@ class GaussianMixture:
         N = (gamma * back(b * y / var)).sum(1)
         return D.to(x.dtype), N.to(x.dtype)
 
+    def responsibilities(self, x: torch.Tensor) -> torch.Tensor:
+        """P(component i | x) for every row of x: [B, K]."""
+        one = torch.ones(x.shape[0], dtype=torch.float64)
+        return torch.softmax(self._noised(x.double(), one, 0 * one)[2], dim=1)
+
     def score(self, x: torch.Tensor) -> torch.Tensor:
         """∇ log p(x), exact."""
         one = torch.ones(x.shape[0], dtype=torch.float64)

@@ -65,3 +65,17 @@ def test_bad_arguments_are_one_line_errors(tmp_path):
     p = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1 and "--delta" in p.stderr
     assert not (tmp_path / "x.json").exists()
+
+
+def test_set_overrides_a_training_setting(tmp_path):
+    path = tmp_path / "r.json"
+    main(["gmm", "--case", str(CASE), "--method", "eam", "--iters", "2", "--set", "eam.n_times=3", "--set", "batch=64",
+          "--out", str(path), "--quiet"])
+    res = json.loads(path.read_text())
+    assert res["config"]["eam"]["n_times"] == 3 and res["batch"] == 64
+    assert res["nfe"]["model_train"] == 2 * 64 * 3  # iterations × batch × loss times
+    assert sum(res["component_weights"]) == pytest.approx(1.0) and len(res["component_weights_exact"]) == 4
+    cmd = [sys.executable, "-m", "eam.cli", "gmm", "--case", str(CASE), "--method", "eam", "--set", "eam.steps=3",
+           "--out", str(tmp_path / "x.json")]
+    p = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1 and "eam.steps" in p.stderr

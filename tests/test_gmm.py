@@ -123,3 +123,12 @@ def test_gmm_velocity_posterior_mean_matches_quadrature(name, t):
     np.testing.assert_allclose(N[:, 0].numpy(), (xs - a * D_q) / b, rtol=1e-8, atol=1e-8)
     np.testing.assert_allclose(model(x, tt)[:, 0].numpy(), da * D_q + db * (xs - a * D_q) / b, rtol=1e-8, atol=1e-8)
     np.testing.assert_allclose(model.score(x, tt)[:, 0].numpy(), -(xs - a * D_q) / b**2, rtol=1e-8, atol=1e-8)
+
+
+def test_responsibilities_average_to_the_weights_on_exact_samples(gen):
+    """E_p[P(i | X)] = w_i: the soft assignment the benchmark reports as component_weights is unbiased."""
+    m = _mix()
+    r = m.responsibilities(m.sample(20_000, gen))
+    se = r.std(0) / 20_000**0.5
+    assert torch.allclose(r.sum(1), torch.ones(len(r), dtype=torch.float64))
+    assert ((r.mean(0) - m.w).abs() < 4 * se + 1e-3).all(), (r.mean(0), m.w)
