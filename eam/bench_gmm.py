@@ -174,7 +174,7 @@ def run(case: GMMCase, method: str, cfg: GMMTrainConfig, seed: int = 0, progress
     g = torch.Generator().manual_seed(10_000 + seed)
     p_star = target.sample(cfg.n_eval, g).float()
     floor = sliced_w2(target.sample(cfg.n_eval, g).float(), p_star)
-    base_eval, _ = evaluate(base, case, p_star, cfg, seed + 1)
+    base_eval, x_last = evaluate(base, case, p_star, cfg, seed + 1)
 
     ledger, curve = Ledger(), [{"iter": 0, "wall_clock_s": 0.0, "nfe_total": 0, **base_eval}]
     for it in tqdm(range(1, cfg.iters + 1), desc=f"{case.name} {method}", disable=not progress):

@@ -31,6 +31,8 @@ def save_pretrained(directory: str | Path, module: torch.nn.Module, config: dict
 
 def load_pretrained(directory: str | Path, what: str, how: str) -> tuple[dict, dict]:
     """(config, state_dict) from a `save_pretrained` folder; `what` names the model, `how` says how to make it."""
+    if directory is None:
+        raise MissingWeights(f"{what}: no weights folder given; {how}")
     directory = Path(directory)
     for name in (CONFIG, WEIGHTS):
         if not (directory / name).is_file():
@@ -41,6 +43,15 @@ def load_pretrained(directory: str | Path, what: str, how: str) -> tuple[dict, d
     except Exception as e:  # a truncated or foreign file: say which one
         raise MissingWeights(f"{what}: cannot read {directory} ({type(e).__name__}: {e}); {how}") from None
     return config, state
+
+
+def load_state(module: torch.nn.Module, state: dict, directory, what: str) -> torch.nn.Module:
+    """`module.load_state_dict(state)`, with a one-line error where the weights belong to another model."""
+    try:
+        module.load_state_dict(state)
+    except RuntimeError:
+        raise MissingWeights(f"{what}: the weights in {directory} do not fit this model (another model's folder?)") from None
+    return module
 
 
 def rng_state() -> dict:

@@ -25,6 +25,11 @@ def _gmm(args):
         raise ValueError("--base-score and --delta apply to --method eam only")
     for spec in args.set or []:
         _set_field(cfg, spec)
+    for name in ("iters", "batch", "eval_every", "n_eval", "eval_steps"):
+        if getattr(cfg, name) < 1:
+            raise ValueError(f"{name} must be at least 1, got {getattr(cfg, name)}")
+    cfg.am.__post_init__()
+    cfg.eam.__post_init__()
     result = run(case, args.method, cfg, seed=args.seed, progress=not args.quiet)
     write_json(args.out, result)
     print(f"{case.name} {args.method}: sliced_w2 {result['sliced_w2']:.3f} (floor {result['sliced_w2_floor']:.3f}, "
@@ -110,6 +115,8 @@ def _finetune(args):
     from .finetune import FinetuneConfig, finetune
 
     settings = _load_yaml(args.settings) if args.settings else {}
+    if not isinstance(settings, dict):
+        raise ValueError(f"{args.settings} must be a mapping of fine-tuning settings")
     settings.update({"method": args.method, "lam": args.lam, "seed": args.seed})
     if args.iters:
         settings["iters"] = args.iters
@@ -242,7 +249,7 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (ValueError, KeyError, OSError, FloatingPointError) as e:
+    except (ValueError, KeyError, OSError, FloatingPointError, TypeError) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"eam {args.command}: error: {msg}", file=sys.stderr)
         sys.exit(2)

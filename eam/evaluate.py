@@ -27,6 +27,8 @@ from .samplers import ode_sample
 def sample(model_name: str, model_path, prompts_path, per_prompt: int, steps: int, guidance_scale: float, out,
            chunk: int = 256):
     """Heun-ODE samples of `per_prompt` fixed seeds per prompt, saved with their prompts (safetensors)."""
+    if per_prompt < 2:
+        raise ValueError(f"--per-prompt must be at least 2 (diversity compares samples of one prompt), got {per_prompt}")
     model = lookup("model", model_name).load(model_path, guidance_scale=guidance_scale).eval()
     records = load_prompt_set(prompts_path)
     x0, cond = eval_batch(records, per_prompt, model.sample_shape)
@@ -49,9 +51,11 @@ def load_samples(path) -> tuple[torch.Tensor, PromptBatch, dict]:
             meta = f.metadata()
             x = f.get_tensor("images")
             labels = f.get_tensor("labels") if "labels" in f.keys() else None
+        cond = PromptBatch(json.loads(meta["prompts"]), labels)
+        int(meta["per_prompt"])
     except Exception as e:
         raise ValueError(f"cannot read samples {path} ({type(e).__name__}); re-run the sampling rule") from None
-    return x, PromptBatch(json.loads(meta["prompts"]), labels), meta
+    return x, cond, meta
 
 
 def _mean_se(v: torch.Tensor) -> dict:
@@ -63,6 +67,7 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
     """‖μ_a - μ_b‖² + tr(C_a + C_b - 2 (C_a C_b)^{1/2}) between two feature sets."""
     from scipy import linalg
 
+    a, b = a.astype(np.float64), b.astype(np.float64)
     mu_a, mu_b = a.mean(0), b.mean(0)
     ca, cb = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
     covmean = linalg.sqrtm(ca @ cb)

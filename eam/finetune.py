@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from . import adapters  # noqa: F401  (registers the model adapters)
 from .checkpoint import load_training_state, rng_state, save_training_state, set_rng_state
-from .io import write_json
+from .io import write_json, write_text
 from .losses import AMConfig, EAMConfig, QuantileClipper, am_loss, eam_loss
 from .prompts import PromptBatch, load_prompt_set
 from .reference import LinearReference
@@ -61,6 +61,8 @@ class FinetuneConfig:
             if k in ("am", "eam"):
                 sub = AMConfig if k == "am" else EAMConfig
                 allowed = {f.name for f in fields(sub)}
+                if not isinstance(v or {}, dict):
+                    raise ValueError(f"fine-tuning setting {k} must be a mapping of {k} settings, got {v!r}")
                 bad = set(v or {}) - allowed
                 if bad:
                     raise ValueError(f"unknown {k} setting {sorted(bad)[0]!r}; known: {', '.join(sorted(allowed))}")
@@ -77,10 +79,13 @@ class FinetuneConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"fine-tuning setting {name} must be a positive integer, got {v!r}")
-        for name in ("lam", "lr", "guidance_scale"):
+        if self.grad_clip is not None and not (isinstance(self.grad_clip, (int, float)) and self.grad_clip > 0):
+            raise ValueError(f"fine-tuning setting grad_clip must be a positive number or null, got {self.grad_clip!r}")
+        for name in ("lam", "lr", "lr_final", "guidance_scale"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
                 raise ValueError(f"fine-tuning setting {name} must be a positive number, got {v!r}")
+        self.am.__post_init__()
         self.eam.__post_init__()
 
 
@@ -89,6 +94,12 @@ def _build(model_name, model_path, reward_name, reward_path, guidance_scale):
     base = cls.load(model_path, guidance_scale=guidance_scale).requires_grad_(False).eval()
     model = cls.load(model_path, guidance_scale=guidance_scale).train()
     return base, model, load_reward(reward_name, reward_path)
+
+
+def run_identity(cfg: FinetuneConfig, model_name: str, model_path, reward_name: str) -> dict:
+    """What a checkpoint must have been written with to be resumed: settings, model, reward, base weights."""
+    return {"config": json.dumps(asdict(cfg), sort_keys=True), "model": model_name, "reward": reward_name,
+            "base_weights_mtime": Path(model_path, "model.safetensors").stat().st_mtime}
 
 
 def eval_batch(records: list[dict], per_prompt: int, shape) -> tuple[torch.Tensor, PromptBatch]:
@@ -117,6 +128,12 @@ def finetune(cfg: FinetuneConfig, model_name: str, model_path, reward_name: str,
 
     torch.manual_seed(cfg.seed)
     state = load_training_state(state_path)
+    identity = run_identity(cfg, model_name, model_path, reward_name)
+    lines = log_path.read_text().splitlines() if log_path.exists() else []
+    if state is not None and (state.get("identity") != identity or len(lines) < state["log_lines"]):
+        print(f"warning: {state_path} was written with other settings, another base model or a shorter log; "
+              "starting over")
+        state = None
     if state is not None:
         model.load_trainable_state(state["model"])
         opt.load_state_dict(state["opt"])
@@ -125,11 +142,10 @@ def finetune(cfg: FinetuneConfig, model_name: str, model_path, reward_name: str,
         ledger.nfe, ledger.seconds, step = state["nfe"], state["seconds"], state["step"]
         if clipper is not None:
             clipper.value, clipper.updates = state["clipper"]
-        lines = log_path.read_text().splitlines()[: state["log_lines"]] if log_path.exists() else []
-        log_path.write_text("".join(line + "\n" for line in lines))  # drop rows written after the checkpoint
+        write_text(log_path, "".join(line + "\n" for line in lines[: state["log_lines"]]))  # rows after the checkpoint go
         print(f"resuming {out} at iteration {step}")
     else:
-        log_path.write_text("")
+        write_text(log_path, "")
 
     x_eval, c_eval = eval_batch(evals, cfg.eval_per_prompt, shape)
 
@@ -171,7 +187,7 @@ def finetune(cfg: FinetuneConfig, model_name: str, model_path, reward_name: str,
             if it % cfg.ckpt_every == 0 or it == cfg.iters:
                 log.flush()
                 save_training_state(
-                    state_path, step=it, model=model.trainable_state(), opt=opt.state_dict(),
+                    state_path, identity=identity, step=it, model=model.trainable_state(), opt=opt.state_dict(),
                     sched=sched.state_dict(), rng=rng_state(), nfe=dict(ledger.nfe), seconds=ledger.seconds,
                     clipper=(clipper.value, clipper.updates) if clipper else None,
                     log_lines=sum(1 for _ in open(log_path)))

@@ -43,6 +43,16 @@ class AMConfig:
     n_stratified: int = 4             # stratified: half below 60% of the trajectory, half above
     clip_quantile: float | None = None  # drop per-sample losses above an EMA of this quantile
 
+    def __post_init__(self):
+        for name in ("n_steps", "n_last", "n_random", "n_stratified"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < (1 if name == "n_steps" else 0):
+                raise ValueError(f"AM {name} must be a {'positive' if name == 'n_steps' else 'non-negative'} integer, got {v!r}")
+        if self.clip_quantile is not None and not 0 < self.clip_quantile < 1:
+            raise ValueError(f"AM clip_quantile must lie in (0, 1), got {self.clip_quantile}")
+        if self.time_subset not in ("last_random", "stratified", "all"):
+            raise ValueError(f"unknown AM time subset {self.time_subset!r}; expected last_random, stratified or all")
+
 
 class QuantileClipper:
     """The official AM code's per-sample clipping: an EMA (decay 0.9; a plain running average while

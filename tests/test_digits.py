@@ -155,3 +155,10 @@ def test_time_to_threshold_interpolates_between_evaluations():
              {"eval_reward": 3.0, "wall_clock_s": 20.0}]
     assert time_to(curve, 2.0, "wall_clock_s") == pytest.approx(15.0)
     assert time_to(curve, 4.0, "wall_clock_s") == float("inf")
+
+
+def test_weights_of_another_model_are_a_one_line_error(tiny):
+    with pytest.raises(MissingWeights, match="do not fit this model"):
+        load_reward("digit_classifier", tiny / "heldout_classifier")
+    with pytest.raises(MissingWeights, match="no weights folder given"):
+        load_reward("digit_clip", None)

@@ -80,7 +80,14 @@ def _state_after_two_steps(wd, log):
     opt = torch.optim.Adam(model.trainable_parameters())
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 1.0)
     row = json.loads(log[2])
-    return dict(step=2, model=model.trainable_state(), opt=opt.state_dict(), sched=sched.state_dict(), rng=rng_state(),
+    import yaml
+
+    from eam.finetune import FinetuneConfig, run_identity
+
+    settings = yaml.safe_load((wd / "tests/data/tiny_finetune.yaml").read_text())
+    cfg = FinetuneConfig.from_dict({**settings, "method": "eam", "lam": 10.0, "seed": 0, "guidance_scale": 1.0})
+    identity = run_identity(cfg, "digits_flow", wd / "results/digits/models/base", "digit_classifier")
+    return dict(identity=identity, step=2, model=model.trainable_state(), opt=opt.state_dict(), sched=sched.state_dict(), rng=rng_state(),
                 nfe={k[4:]: v for k, v in row.items() if k.startswith("nfe_") and k != "nfe_total"},
                 seconds=row["wall_clock_s"], clipper=None, log_lines=3)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..checkpoint import load_pretrained, save_pretrained
+from ..checkpoint import load_pretrained, load_state, save_pretrained
 from ..interpolants import RectifiedFlow
 from ..models import TimeEmbedding, VelocityModel
 from ..registry import register
@@ -88,7 +88,7 @@ class DigitsFlow(VelocityModel):
         config, state = load_pretrained(directory, "digits_flow base model",
                                         "train it with `eam digits-pretrain flow --out DIR` (rule digits_base)")
         net = FlowNet(**config["arch"])
-        net.load_state_dict(state)
+        load_state(net, state, directory, "digits_flow base model")
         model = cls(net, guidance_scale)
         model.config = config
         return model

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..checkpoint import load_pretrained, save_pretrained
+from ..checkpoint import load_pretrained, load_state, save_pretrained
 from ..registry import register
 from .base import Reward
 
@@ -54,7 +54,7 @@ class DigitClassifierReward(Reward):
     @classmethod
     def load(cls, directory) -> "DigitClassifierReward":
         config, state = load_pretrained(directory, f"{cls.name()} reward model",
-                                        f"train it with `eam digits-pretrain {cls.name()} --out DIR` (rule digits_rewards)")
+                                        f"train it with `eam digits-pretrain {cls.name()} --out DIR` (rule digits_reward_model)")
         net = cls.arch(**config.get("arch", {}))
-        net.load_state_dict(state)
+        load_state(net, state, directory, f"{cls.name()} reward model")
         return cls(net)

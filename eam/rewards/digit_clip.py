@@ -9,7 +9,7 @@ import re
 import torch
 from torch import nn
 
-from ..checkpoint import load_pretrained, save_pretrained
+from ..checkpoint import load_pretrained, load_state, save_pretrained
 from ..registry import register
 from .base import Reward
 
@@ -60,7 +60,7 @@ class DigitCLIPScore(Reward):
     @classmethod
     def load(cls, directory) -> "DigitCLIPScore":
         config, state = load_pretrained(directory, "digit_clip reward model",
-                                        "train it with `eam digits-pretrain digit_clip --out DIR` (rule digits_rewards)")
+                                        "train it with `eam digits-pretrain digit_clip --out DIR` (rule digits_reward_model)")
         clip = TinyCLIP(config["vocab"], **config.get("arch", {}))
-        clip.load_state_dict(state)
+        load_state(clip, state, directory, "digit_clip reward model")
         return cls(clip)

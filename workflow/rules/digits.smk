@@ -4,6 +4,9 @@
 DIG = config["digits"]
 DRES = f"{RESULTS}/digits"
 check_files([DIG["prompts"], DIG["settings"]], "digits input file")
+if not set(DIG["rewards"]) <= set(DIG["metrics"]):
+    raise WorkflowError(f"digits.rewards {sorted(set(DIG['rewards']) - set(DIG['metrics']))} must also be listed "
+                        "in digits.metrics (the report compares the training reward across runs)")
 RUN = "{method}/{reward}/lam{lam}/seed{seed}"
 RUNS = expand(RUN, method=DIG["methods"], reward=DIG["rewards"], lam=DIG["lambdas"], seed=DIG["seeds"])
 MODEL_FILES = ["config.json", "model.safetensors"]
@@ -126,7 +129,7 @@ rule digits_score:
     input:
         samples=f"{DRES}/samples/{{run}}.safetensors",
         base=f"{DRES}/samples/base.safetensors",
-        models=expand(f"{DRES}/models/{{name}}/model.safetensors", name=TRAINED_REWARDS),
+        models=[f"{reward_dir(n)}/model.safetensors" for n in sorted({*DIG["metrics"], "digit_classifier"}) if reward_dir(n)],
     output:
         f"{DRES}/scores/{{run}}.json",
     params:
