@@ -174,10 +174,12 @@ def _tables(runs, base) -> tuple[str, str, str]:
     for (method, reward, lam), rs in sorted(groups.items()):
         cells = []
         for m in metrics:
-            # mean over seeds; SE from the spread of the seeds' means (which holds their sampling noise too),
-            # or the run's own sampling SE where there is one seed
+            # mean over seeds. Every run is evaluated on the same fixed noise, so the sampling error is shared
+            # by the seeds (averaging seeds does not shrink it) while training noise is not:
+            # SE² = var(seed means) / R + mean(per-run sampling SE²)
             means = np.array([r["scores"][m]["mean"] for r in rs])
-            se = means.std(ddof=1) / math.sqrt(len(rs)) if len(rs) > 1 else rs[0]["scores"][m]["se"]
+            ses = np.array([r["scores"][m]["se"] for r in rs])
+            se = math.sqrt((means.var(ddof=1) / len(rs) if len(rs) > 1 else 0.0) + (ses**2).mean())
             cells.append(f"{means.mean():.3f} ± {se:.3f}")
         fds = np.array([r["scores"]["fd_to_base"] for r in rs])
         fd_se = fds.std(ddof=1) / math.sqrt(len(rs)) if len(rs) > 1 else 0.0
@@ -234,7 +236,7 @@ def finetune_report(run_dirs, score_paths, base_score_path, out, grid: dict | No
     write_text(out / "time_to_threshold.csv", buf.getvalue())
     write_text(out / "table.csv", table_csv)
     write_text(out / "table.tex", table_tex)
-    write_text(out / "table.md", table_md + "\nMetrics: mean ± standard error (over seeds; over evaluation samples for a single seed); "
+    write_text(out / "table.md", table_md + "\nMetrics: mean ± standard error (training seeds, plus the evaluation-sample error the seeds share: every run uses the same evaluation noise); "
                "fd_to_base: Fréchet distance to base samples in the training classifier's features; "
                f"guidance scale {base.get('guidance_scale')}. {summary}.\n")
     written += [str(out / n) for n in ("table.csv", "table.md", "table.tex", "time_to_threshold.csv")]
