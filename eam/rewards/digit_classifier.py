@@ -2,7 +2,6 @@
 log-probability of the prompted class under a small conv classifier trained on the `train` split."""
 from __future__ import annotations
 
-import torch
 from torch import nn
 
 from ..checkpoint import load_pretrained, load_state, save_pretrained

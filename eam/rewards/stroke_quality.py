@@ -4,7 +4,6 @@ q(x) = mean(x²) - γ · mean(|∇x|²), x in [-1, 1]: the first term rewards sa
 pixels (contrast), the second penalises pixel-to-pixel jumps (ragged, noisy strokes)."""
 from __future__ import annotations
 
-import torch
 
 from ..registry import register
 from .base import Reward
