@@ -58,14 +58,31 @@ def rng_state() -> dict:
     """torch, numpy and Python RNG states as tensors and plain containers (loadable with weights_only)."""
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
     return {"torch": torch.get_rng_state(), "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss],
-            "python": random.getstate()}
+            "python": random.getstate(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
 
 
 def set_rng_state(state: dict):
     torch.set_rng_state(state["torch"])
+    if state.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
     kind, keys, pos, has_gauss, gauss = state["numpy"]
     np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
     random.setstate(state["python"])
+
+
+def weights_stamp(path) -> float:
+    """The newest modification time of the weight and config files under a model folder (a local
+    folder, or a Hugging Face repo id resolved in the offline cache): a resume must see the same base."""
+    root = Path(str(path))
+    if not root.exists() and str(path).count("/") == 1:
+        from huggingface_hub import snapshot_download
+
+        try:
+            root = Path(snapshot_download(str(path), local_files_only=True))
+        except Exception:  # noqa: BLE001  (not cached: the loader raises the one-line error)
+            return 0.0
+    files = [f for pat in ("*.safetensors", "*.bin", "*.json", "*.pt", "*.pth") for f in root.rglob(pat)]
+    return max((f.stat().st_mtime for f in files), default=0.0)
 
 
 def save_training_state(path: str | Path, **state):

@@ -122,6 +122,8 @@ def _finetune(args):
         settings["iters"] = args.iters
     if args.guidance_scale is not None:
         settings["guidance_scale"] = args.guidance_scale
+    if args.device is not None:
+        settings["device"] = args.device
     cfg = FinetuneConfig.from_dict(settings)
     s = finetune(cfg, args.model, args.model_path, args.reward, args.reward_path, args.prompts, args.eval_prompts,
                  args.out, progress=not args.quiet)
@@ -210,7 +212,8 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("--seed", type=int, default=0)
     ft.add_argument("--iters", type=int, default=None)
     ft.add_argument("--guidance-scale", type=float, default=None, help="CFG scale of base and model")
-    ft.add_argument("--settings", help="YAML of FinetuneConfig settings (lr, batch, am:, eam:, ...)")
+    ft.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: the settings' device, auto)")
+    ft.add_argument("--settings", help="YAML of FinetuneConfig settings (lr, batch, model:, am:, eam:, ...)")
     ft.add_argument("--prompts", required=True, help="prepared training prompts (train.jsonl)")
     ft.add_argument("--eval-prompts", required=True, help="prepared evaluation prompts (eval.jsonl)")
     ft.add_argument("--out", required=True, help="output folder; resumes from OUT.work/ when present")

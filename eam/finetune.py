@@ -19,13 +19,14 @@ import torch
 from tqdm import tqdm
 
 from . import adapters  # noqa: F401  (registers the model adapters)
-from .checkpoint import load_training_state, rng_state, save_training_state, set_rng_state
+from .checkpoint import load_training_state, rng_state, save_training_state, set_rng_state, weights_stamp
 from .io import write_json, write_text
 from .losses import AMConfig, EAMConfig, QuantileClipper, am_loss, eam_loss
 from .prompts import PromptBatch, load_prompt_set
 from .reference import LinearReference
 from .registry import lookup
 from .rewards import load_reward
+from .rewards.image import OnDecoded
 from .samplers import ode_sample
 from .train import Ledger
 
@@ -47,6 +48,8 @@ class FinetuneConfig:
     eval_steps: int = 20              # Heun steps of the evaluation sampler
     ckpt_every: int = 50
     seed: int = 0
+    device: str = "auto"              # "auto": the GPU where there is one, else the CPU
+    model: dict = field(default_factory=dict)  # adapter settings (diffusers: lora, precision, resolution, ...)
     am: AMConfig = field(default_factory=AMConfig)
     eam: EAMConfig = field(default_factory=EAMConfig)
 
@@ -58,6 +61,8 @@ class FinetuneConfig:
         for k, v in (d or {}).items():
             if k not in known:
                 raise ValueError(f"unknown fine-tuning setting {k!r}; known: {', '.join(known)}")
+            if k == "model" and not isinstance(v or {}, dict):
+                raise ValueError(f"fine-tuning setting model must be a mapping of model settings, got {v!r}")
             if k in ("am", "eam"):
                 sub = AMConfig if k == "am" else EAMConfig
                 allowed = {f.name for f in fields(sub)}
@@ -89,17 +94,25 @@ class FinetuneConfig:
         self.eam.__post_init__()
 
 
-def _build(model_name, model_path, reward_name, reward_path, guidance_scale):
-    cls = lookup("model", model_name)
-    base = cls.load(model_path, guidance_scale=guidance_scale).requires_grad_(False).eval()
-    model = cls.load(model_path, guidance_scale=guidance_scale).train()
-    return base, model, load_reward(reward_name, reward_path)
+def _build(model_name, model_path, reward_name, reward_path, cfg: "FinetuneConfig", device):
+    """Base (frozen) and model from the adapter, and the reward, on latents where the model decodes."""
+    base, model = lookup("model", model_name).pair(model_path, guidance_scale=cfg.guidance_scale, **cfg.model)
+    reward = load_reward(reward_name, reward_path)
+    if hasattr(model, "decode"):
+        reward = OnDecoded(reward, model.decode)
+    return base.to(device), model.to(device), reward.to(device)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
 
 
 def run_identity(cfg: FinetuneConfig, model_name: str, model_path, reward_name: str) -> dict:
     """What a checkpoint must have been written with to be resumed: settings, model, reward, base weights."""
     return {"config": json.dumps(asdict(cfg), sort_keys=True), "model": model_name, "reward": reward_name,
-            "base_weights_mtime": Path(model_path, "model.safetensors").stat().st_mtime}
+            "base_weights_mtime": weights_stamp(model_path)}
 
 
 def eval_batch(records: list[dict], per_prompt: int, shape) -> tuple[torch.Tensor, PromptBatch]:
@@ -116,7 +129,8 @@ def finetune(cfg: FinetuneConfig, model_name: str, model_path, reward_name: str,
     out, work = Path(out), Path(str(out) + ".work")
     work.mkdir(parents=True, exist_ok=True)
     train, evals = load_prompt_set(train_prompts), load_prompt_set(eval_prompts)
-    base, model, reward = _build(model_name, model_path, reward_name, reward_path, cfg.guidance_scale)
+    device = resolve_device(cfg.device)
+    base, model, reward = _build(model_name, model_path, reward_name, reward_path, cfg, device)
     shape = tuple(model.sample_shape)
     ref = LinearReference(model.interpolant)
     opt = torch.optim.Adam(model.trainable_parameters(), lr=cfg.lr)
@@ -148,6 +162,7 @@ def finetune(cfg: FinetuneConfig, model_name: str, model_path, reward_name: str,
         write_text(log_path, "")
 
     x_eval, c_eval = eval_batch(evals, cfg.eval_per_prompt, shape)
+    x_eval = x_eval.to(device)
 
     def evaluate() -> float:
         with torch.no_grad():
@@ -164,7 +179,7 @@ def finetune(cfg: FinetuneConfig, model_name: str, model_path, reward_name: str,
             with ledger:
                 recs = [train[i] for i in torch.randint(len(train), (cfg.batch,)).tolist()]
                 cond = PromptBatch.from_records(recs)
-                x0 = torch.randn(cfg.batch, *shape)
+                x0 = torch.randn(cfg.batch, *shape).to(device)
                 if cfg.method == "am":
                     o = am_loss(model, base, reward, cfg.lam, x0, cfg.am, cond, clipper=clipper)
                 else:

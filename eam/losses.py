@@ -2,7 +2,8 @@
 
 Each loss returns a `LossOutput`: the scalar to minimise (mean over samples and loss timesteps,
 summed over coordinates), the training reward at the sampled endpoints, and the function
-evaluations it spent by kind, in sample-evaluations (a batch of B counts B).
+evaluations it spent by kind, in network forwards per sample (a batch of B counts B, twice that
+under classifier-free guidance: `VelocityModel.cost`).
 """
 from __future__ import annotations
 
@@ -117,16 +118,16 @@ def am_loss(model: VelocityModel, base: VelocityModel, reward: Reward, lam: floa
     offset = 1.0 / N if cfg.offset is None else cfg.offset
     out = LossOutput(None, None)
     traj, ts, _ = sde_sample(model, x0, N, offset, cond, generator)
-    out.nfe["model_fwd"] += N * B
+    out.nfe["model_fwd"] += N * B * model.cost
     r, grad_r = reward_grad(reward, traj[-1], cond)
     out.nfe["reward_vjp"] += B
     adj, v_base = lean_adjoint(base, traj, ts, -lam * grad_r, offset, cond)
-    out.nfe["base_vjp"] += N * B
+    out.nfe["base_vjp"] += N * B * base.cost
 
     ks = am_time_subset(cfg, generator)
     x_k, t_k = traj[ks].flatten(0, 1), ts[ks].repeat_interleave(B)
     v_theta = model(x_k, t_k, _repeat_cond(cond, len(ks)))
-    out.nfe["model_train"] += len(ks) * B
+    out.nfe["model_train"] += len(ks) * B * model.cost
     sigma = _bcast(model.interpolant.sigma(t_k, offset), x_k)
     per = _sqnorm(2 / sigma * (v_theta - v_base[ks].flatten(0, 1)) + sigma * adj[ks].flatten(0, 1))
     per = per.view(len(ks), B).mean(0)  # per sample, averaged over the loss steps
@@ -191,7 +192,7 @@ def eam_loss(model: VelocityModel, base: VelocityModel, reward: Reward, lam: flo
     interp = model.interpolant
     out = LossOutput(None, None)
     x1 = ode_sample(model, x0, cfg.ode_steps, cfg.ode_method, cond)
-    out.nfe["model_fwd"] += cfg.ode_steps * B * (2 if cfg.ode_method == "heun" else 1)
+    out.nfe["model_fwd"] += cfg.ode_steps * B * (2 if cfg.ode_method == "heun" else 1) * model.cost
     r, grad_r = reward_grad(reward, x1, cond)
     out.nfe["reward_vjp"] += B
 
@@ -199,7 +200,7 @@ def eam_loss(model: VelocityModel, base: VelocityModel, reward: Reward, lam: flo
     if cfg.base_score == "endpoint":
         with torch.no_grad():
             grad_g = ref.score_data(x1) - base_score_endpoint(base, x1, cfg.delta, cond) - lam * grad_r
-        out.nfe["base_fwd"] += B
+        out.nfe["base_fwd"] += B * base.cost
     elif cfg.base_score == "exact":
         if exact_score is None:
             raise ValueError("base_score 'exact' needs an analytic base score (only benchmark bases have one)")
@@ -218,11 +219,11 @@ def eam_loss(model: VelocityModel, base: VelocityModel, reward: Reward, lam: flo
         # biased ablation: the pretrained control at x_t replaces the base part of the target
         with torch.no_grad():
             target = base(xt, t, condm) - shift
-        out.nfe["base_fwd"] += B * M
+        out.nfe["base_fwd"] += B * M * base.cost
     else:
         target = ref.velocity(xt, t) - shift
     v_theta = model(xt, t, condm)
-    out.nfe["model_train"] += B * M
+    out.nfe["model_train"] += B * M * model.cost
     weight = 4 / sigma2.flatten() if cfg.weighting == "u" else torch.ones_like(t)
     out.loss, out.reward = (weight * _sqnorm(v_theta - target)).mean(), r
     return out

@@ -29,6 +29,18 @@ class VelocityModel(nn.Module):
     def velocity(self, x, t, cond=None):
         raise NotImplementedError
 
+    @property
+    def cost(self) -> int:
+        """Network forwards per sample-evaluation (2 where classifier-free guidance runs v_c and v_∅)."""
+        return 1
+
+    @classmethod
+    def pair(cls, path, **options) -> tuple["VelocityModel", "VelocityModel"]:
+        """The frozen base and the trainable model loaded from `path`: by default two copies.
+        Adapters that can share weights (LoRA: the base is the adapter switched off) override it."""
+        base = cls.load(path, **options).requires_grad_(False).eval()
+        return base, cls.load(path, **options).train()
+
     # -- what fine-tuning trains (all parameters by default; LoRA adapters override) -------------
     def trainable_parameters(self):
         return [p for p in self.parameters() if p.requires_grad]

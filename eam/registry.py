@@ -1,7 +1,11 @@
 """Name → class registries, so a reward or a base model is one file plus one registration."""
 from __future__ import annotations
 
+import importlib
+
 _REGISTRIES: dict[str, dict[str, type]] = {}
+# Importing these packages registers every entry of their kind.
+_PACKAGES = {"model": "eam.adapters", "reward": "eam.rewards"}
 
 
 def register(kind: str, name: str):
@@ -18,6 +22,8 @@ def register(kind: str, name: str):
 
 
 def lookup(kind: str, name: str) -> type:
+    if kind in _PACKAGES:
+        importlib.import_module(_PACKAGES[kind])
     table = _REGISTRIES.get(kind, {})
     if name not in table:
         raise KeyError(f"unknown {kind} {name!r}; registered: {', '.join(sorted(table)) or 'none'}")
@@ -25,4 +31,6 @@ def lookup(kind: str, name: str) -> type:
 
 
 def names(kind: str) -> list[str]:
+    if kind in _PACKAGES:
+        importlib.import_module(_PACKAGES[kind])
     return sorted(_REGISTRIES.get(kind, {}))

@@ -70,6 +70,10 @@ class DigitsFlow(VelocityModel):
         self.guidance_scale = float(guidance_scale)
         self.config = {}
 
+    @property
+    def cost(self) -> int:
+        return 1 if self.guidance_scale == 1.0 else 2
+
     def velocity(self, x, t, cond=None):
         if cond is None or cond.labels is None:
             raise ValueError("digits_flow is class-conditional: pass a PromptBatch with labels")

@@ -34,6 +34,17 @@ class TextImageReward(Reward):
         return list(texts)
 
 
+class OnDecoded(Reward):
+    """A reward on images applied to latents: r(decode(x), cond), differentiable through the decoder."""
+
+    def __init__(self, reward: Reward, decode):
+        super().__init__()
+        self.reward, self.decode = reward, decode
+
+    def forward(self, x, cond=None):
+        return self.reward(self.decode(x), cond)
+
+
 def clip_preprocess(images: torch.Tensor, size: int, mean=CLIP_MEAN, std=CLIP_STD, resize: int | None = None):
     """Resize the shorter side to `resize` (default `size`; bicubic, antialiased), centre-crop
     size×size, normalise: the torch equivalent of CLIP's PIL transform, differentiable in the pixels."""

@@ -1,0 +1,54 @@
+"""Stable Diffusion 1.5 (ε-prediction `UNet2DConditionModel` on the DDPM "scaled linear" schedule,
+one CLIP text encoder) as v(x, t, cond) on 4-channel latents.
+
+The scheduler's betas give the variance-preserving interpolant; training timestep τ sits at
+t = 1 - τ/(T - 1) (`VariancePreserving`). The UNet is called at the continuous τ, and its output
+(ε, or v / x_0 for checkpoints trained with `v_prediction` / `sample`) becomes the posterior means
+(D, N) and then v = α̇ D + β̇ N (method.md §1).
+"""
+from __future__ import annotations
+
+from ..interpolants import VariancePreserving
+from ..registry import register
+from .diffusers_common import DiffusersVelocity
+
+PREDICTION_KINDS = {"epsilon": "epsilon", "sample": "sample", "v_prediction": "v_prediction"}
+
+
+@register("model", "sd15")
+class StableDiffusion15(DiffusersVelocity):
+    denoiser_name = "unet"
+    name = "sd15"
+
+    @staticmethod
+    def pipeline_class():
+        from diffusers import StableDiffusionPipeline
+
+        return StableDiffusionPipeline
+
+    @classmethod
+    def pipeline_kwargs(cls):
+        return {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
+
+    @staticmethod
+    def make_interpolant(scheduler):
+        c = scheduler.config
+        if c.prediction_type not in PREDICTION_KINDS:
+            raise ValueError(f"unsupported prediction_type {c.prediction_type!r} in the scheduler config")
+        return VariancePreserving(c.beta_start, c.beta_end, c.beta_schedule, c.num_train_timesteps)
+
+    def encode(self, texts):
+        dev = next(self.denoiser.parameters()).device
+        emb, _ = self.pipe.encode_prompt(texts, dev, 1, False)
+        return (emb,)
+
+    def predict(self, denoiser, x, t, emb):
+        interp = self.interpolant
+        out = denoiser(x.to(self.dtype), interp.timestep(t), encoder_hidden_states=emb[0]).sample.float()
+        kind = self.pipe.scheduler.config.prediction_type
+        if kind == "v_prediction":  # diffusers' v = α ε - β x_0  →  x_0 = α x - β v
+            a, b = (c.view(-1, 1, 1, 1) for c in interp.coefficients(t)[:2])
+            out = a * x - b * out
+            kind = "sample"
+        D, N = interp.to_posterior_means(out, x, t, kind)
+        return interp.velocity(D, N, t)

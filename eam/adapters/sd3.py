@@ -1,0 +1,43 @@
+"""Stable Diffusion 3 / 3.5 (rectified flow, `SD3Transformer2DModel`, CLIP-L + CLIP-G + T5 text
+encoders) as v(x, t, cond) on 16-channel latents.
+
+diffusers' flow-matching convention is x_σ = (1 - σ) x_data + σ ε with σ = 1 at the noise and the
+transformer predicting dx/dσ = ε - x_data at timestep 1000 σ. Ours is x_t = t x_1 + (1 - t) ε with
+t = 1 at the data (method.md §1), so σ = 1 - t and v = dx/dt = -(transformer output). The
+scheduler's shift only places its sampling steps; the network's parametrisation is the same.
+"""
+from __future__ import annotations
+
+from ..interpolants import RectifiedFlow
+from ..registry import register
+from .diffusers_common import DiffusersVelocity
+
+
+@register("model", "sd3")
+class StableDiffusion3(DiffusersVelocity):
+    denoiser_name = "transformer"
+    name = "sd3"
+
+    @staticmethod
+    def pipeline_class():
+        from diffusers import StableDiffusion3Pipeline
+
+        return StableDiffusion3Pipeline
+
+    @staticmethod
+    def make_interpolant(scheduler):
+        return RectifiedFlow()
+
+    def encode(self, texts):
+        """Per prompt: the joint sequence (CLIP-L ⊕ CLIP-G penultimate states padded to T5's width,
+        then the T5 states, or zeros without T5) and the pooled CLIP-L ⊕ CLIP-G projection."""
+        dev = next(self.denoiser.parameters()).device
+        seq, _, pooled, _ = self.pipe.encode_prompt(texts, None, None, device=dev, do_classifier_free_guidance=False,
+                                                    max_sequence_length=self.options.max_sequence_length)
+        return seq, pooled
+
+    def predict(self, denoiser, x, t, emb):
+        seq, pooled = emb
+        out = denoiser(hidden_states=x.to(self.dtype), timestep=(1 - t) * 1000, encoder_hidden_states=seq,
+                       pooled_projections=pooled).sample
+        return -out
