@@ -66,7 +66,8 @@ def _gmm_report(args):
 def _prompts(args):
     from .prompts import prepare
 
-    for path in prepare(args.src, args.out, args.domain, args.eval_per_label, args.eval_fraction, args.seed):
+    for path in prepare(args.src, args.out, args.domain, args.eval_per_label, args.eval_fraction, args.seed,
+                        eval_src=args.eval_src):
         print(path)
 
 
@@ -182,9 +183,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.set_defaults(func=_gmm_report)
 
     pp = sub.add_parser("prompts", help="parse a prompt file into train/eval prompt sets (JSONL, fixed seeds)")
-    pp.add_argument("src", help="prompt file: .txt (one a line), .jsonl ({prompt}) or .csv (Prompt column)")
+    pp.add_argument("src", nargs="+", help="prompt files: .txt (one a line), .jsonl ({prompt}), .json (a list) "
+                    "or .csv (Prompt/caption column)")
+    pp.add_argument("--eval-src", nargs="*", help="prompt files of the eval split (default: a split of SRC)")
     pp.add_argument("--out", required=True, help="folder for train.jsonl and eval.jsonl")
-    pp.add_argument("--domain", default="digits", choices=["digits", "text"])
+    pp.add_argument("--domain", default="digits", choices=["digits", "text"], help="digits: prompts name a digit")
     pp.add_argument("--eval-per-label", type=int, default=1)
     pp.add_argument("--eval-fraction", type=float, default=0.2)
     pp.add_argument("--seed", type=int, default=0)

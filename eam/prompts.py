@@ -62,9 +62,33 @@ def digit_label(text: str) -> int:
 LABELLERS = {"digits": digit_label, "text": None}
 
 
+PROMPT_KEYS = ("Prompts", "Prompt", "prompt", "caption", "text")  # DrawBench, ours, Pick-a-Pic, others
+
+
+def _record_prompt(rec) -> str:
+    if isinstance(rec, str):
+        return rec
+    key = next(k for k in PROMPT_KEYS if k in rec)
+    return rec[key]
+
+
+def _json_prompts(path: Path, raw: str) -> list[tuple[int, str]]:
+    """A JSON list of prompts (HPDv2's benchmark files), of records with a prompt/caption key, or a
+    mapping of such lists (prompt files grouped by category, as in the AM repository)."""
+    try:
+        data = json.loads(raw)
+        if isinstance(data, dict):
+            data = [item for group in data.values() for item in (group if isinstance(group, list) else [group])]
+        return [(i + 1, _record_prompt(rec)) for i, rec in enumerate(data)]
+    except (json.JSONDecodeError, KeyError, TypeError, StopIteration):
+        raise PromptError(f"prompt file {path}: expected a JSON list of prompts (strings or objects with a "
+                          f"'prompt' or 'caption' key), or a mapping of such lists") from None
+
+
 def read_prompt_file(path: str | Path) -> list[str]:
-    """Prompts from a user file: .txt (one a line, '#' comments), .jsonl ({"prompt": ...} a line),
-    or .csv with a 'Prompt' or 'prompt' column (DrawBench)."""
+    """Prompts from a user file: .txt (one a line, '#' comments), .jsonl ({"prompt"|"caption": ...}
+    a line), .json (a list, see `_json_prompts`), or .csv with a Prompt, prompt, caption or text
+    column (DrawBench; Pick-a-Pic's captions exported to CSV)."""
     path = Path(path)
     try:
         raw = path.read_text(encoding="utf-8")
@@ -77,10 +101,12 @@ def read_prompt_file(path: str | Path) -> list[str]:
         import csv
 
         rows = list(csv.DictReader(raw.splitlines()))
-        col = next((c for c in ("Prompt", "prompt") if rows and c in rows[0]), None)
+        col = next((c for c in PROMPT_KEYS if rows and c in rows[0]), None)
         if col is None:
-            raise PromptError(f"prompt file {path}: CSV needs a 'Prompt' column")
+            raise PromptError(f"prompt file {path}: CSV needs one of the columns {', '.join(PROMPT_KEYS)}")
         prompts = [(i + 2, r[col]) for i, r in enumerate(rows)]
+    elif path.suffix == ".json":
+        prompts = _json_prompts(path, raw)
     else:
         for i, line in enumerate(raw.splitlines(), 1):
             line = line.strip()
@@ -88,10 +114,9 @@ def read_prompt_file(path: str | Path) -> list[str]:
                 continue
             if path.suffix == ".jsonl":
                 try:
-                    rec = json.loads(line)
-                    line = rec["prompt"]
+                    line = _record_prompt(json.loads(line))
                 except (json.JSONDecodeError, KeyError, TypeError):
-                    raise PromptError(f"{path}:{i}: not a JSON object with a 'prompt' key") from None
+                    raise PromptError(f"{path}:{i}: not a JSON object with a 'prompt' or 'caption' key") from None
             prompts.append((i, line))
     out = []
     for i, text in prompts:
@@ -103,14 +128,23 @@ def read_prompt_file(path: str | Path) -> list[str]:
     return out
 
 
-def prepare(src: str | Path, out_dir: str | Path, domain: str = "digits", eval_per_label: int = 1,
-            eval_fraction: float = 0.2, seed: int = 0) -> tuple[Path, Path]:
-    """Parse `src` and write `train.jsonl` and `eval.jsonl` under out_dir. With labels, the eval
-    split takes `eval_per_label` prompts of every label (so every class is evaluated); without,
-    a fixed-seed `eval_fraction` of the prompts. Each record gets its own sampling seed."""
+def prepare(src, out_dir: str | Path, domain: str = "digits", eval_per_label: int = 1,
+            eval_fraction: float = 0.2, seed: int = 0, eval_src=None) -> tuple[Path, Path]:
+    """Parse `src` (one file or several) and write `train.jsonl` and `eval.jsonl` under out_dir.
+    With `eval_src` (files), those prompts are the eval split and `src` the training split (minus
+    any prompt also in `eval_src`). Otherwise, with labels, the eval split takes `eval_per_label`
+    prompts of every label (so every class is evaluated); without, a fixed-seed `eval_fraction` of
+    the prompts. Each record gets its own sampling seed."""
     if domain not in LABELLERS:
         raise PromptError(f"unknown prompt domain {domain!r}; expected one of {', '.join(LABELLERS)}")
-    texts = list(dict.fromkeys(read_prompt_file(src)))  # drop duplicates, keep order
+    srcs = [src] if isinstance(src, (str, Path)) else list(src)
+    eval_texts = list(dict.fromkeys(t for f in (eval_src or []) for t in read_prompt_file(f)))
+    texts = list(dict.fromkeys(t for f in srcs for t in read_prompt_file(f)))  # drop duplicates, keep order
+    if eval_texts:
+        held = set(eval_texts)
+        texts = [t for t in texts if t not in held] + eval_texts
+        if len(texts) == len(eval_texts):
+            raise PromptError(f"{', '.join(map(str, srcs))}: no training prompt left after removing the eval prompts")
     labeller = LABELLERS[domain]
     try:
         records = [{"prompt": t, **({"label": labeller(t)} if labeller else {})} for t in texts]
@@ -118,7 +152,9 @@ def prepare(src: str | Path, out_dir: str | Path, domain: str = "digits", eval_p
         raise PromptError(f"{src}: {e}") from None
     order = list(range(len(records)))
     random.Random(seed).shuffle(order)
-    if labeller:
+    if eval_texts:
+        eval_idx = set(range(len(texts) - len(eval_texts), len(texts)))
+    elif labeller:
         taken: dict[int, int] = {}
         eval_idx = set()
         for i in order:

@@ -63,3 +63,31 @@ def test_prompt_batch_repeat_matches_sample_stacking():
     b = PromptBatch(["a 1", "a 2"], torch.tensor([1, 2]))
     r = b.repeat(3)
     assert r.texts == ["a 1", "a 2"] * 3 and r.labels.tolist() == [1, 2] * 3
+
+
+def test_paper_prompt_formats(tmp_path):
+    """HPDv2 benchmark JSON (a list), grouped JSON, Pick-a-Pic captions in CSV, DrawBench CSV."""
+    (tmp_path / "anime.json").write_text(json.dumps(["a cat in anime style", "a castle"]))
+    (tmp_path / "groups.json").write_text(json.dumps({"animals": [{"prompt": "a dog"}], "food": ["a pie"]}))
+    (tmp_path / "pick.csv").write_text("caption,best_image_uid\na red fox,1\n\"a bowl, of fruit\",2\n")
+    (tmp_path / "drawbench.csv").write_text("Prompts,Category\na blue cube,Colors\n")
+    (tmp_path / "other.csv").write_text("title,year\nx,1\n")
+    assert read_prompt_file(tmp_path / "anime.json") == ["a cat in anime style", "a castle"]
+    assert read_prompt_file(tmp_path / "groups.json") == ["a dog", "a pie"]
+    assert read_prompt_file(tmp_path / "pick.csv") == ["a red fox", "a bowl, of fruit"]
+    assert read_prompt_file(tmp_path / "drawbench.csv") == ["a blue cube"]
+    with pytest.raises(PromptError, match="other.csv.*columns"):
+        read_prompt_file(tmp_path / "other.csv")
+    (tmp_path / "bad.json").write_text(json.dumps([{"title": "x"}]))
+    with pytest.raises(PromptError, match="bad.json: expected a JSON list"):
+        read_prompt_file(tmp_path / "bad.json")
+
+
+def test_separate_eval_files_make_the_eval_split(tmp_path):
+    (tmp_path / "train.txt").write_text("a red fox\na bowl of fruit\na castle\n")
+    (tmp_path / "eval.json").write_text(json.dumps(["a castle", "a lighthouse"]))
+    tr, ev = prepare([tmp_path / "train.txt"], tmp_path / "out", domain="text", eval_src=[tmp_path / "eval.json"])
+    train, evals = load_prompt_set(tr), load_prompt_set(ev)
+    assert [r["prompt"] for r in train] == ["a red fox", "a bowl of fruit"]
+    assert [r["prompt"] for r in evals] == ["a castle", "a lighthouse"]
+    assert len({r["seed"] for r in train + evals}) == 4

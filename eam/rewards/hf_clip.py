@@ -42,6 +42,11 @@ class HFCLIPReward(TextImageReward):
         pooled = self.model.text_model(input_ids=tok.input_ids, attention_mask=tok.attention_mask).pooler_output
         return F.normalize(self.model.text_projection(pooled), dim=-1)
 
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """Unit CLIP image embeddings (for the distance to the base and the diversity fallback)."""
+        dtype = self.model.visual_projection.weight.dtype
+        return self.image_embeds(clip_preprocess(images.to(dtype), self.size, self.mean, self.std, resize=self.resize)).float()
+
     def forward(self, images, cond=None):
         dtype = self.model.visual_projection.weight.dtype
         pixels = clip_preprocess(images.to(dtype), self.size, self.mean, self.std, resize=self.resize)
