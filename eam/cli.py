@@ -135,7 +135,12 @@ def _finetune(args):
 def _sample(args):
     from .evaluate import sample
 
-    sample(args.model, args.model_path, args.prompts, args.per_prompt, args.steps, args.guidance_scale, args.out)
+    settings = _load_yaml(args.settings) if args.settings else {}
+    options = settings.get("model") or {} if isinstance(settings, dict) else None
+    if not isinstance(options, dict):
+        raise ValueError(f"{args.settings}: the model section must be a mapping of model settings")
+    sample(args.model, args.model_path, args.prompts, args.per_prompt, args.steps, args.guidance_scale, args.out,
+           model_options=options)
     print(args.out)
 
 
@@ -230,6 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--per-prompt", type=int, default=32)
     sp.add_argument("--steps", type=int, default=40, help="Heun steps")
     sp.add_argument("--guidance-scale", type=float, default=1.0)
+    sp.add_argument("--settings", help="fine-tuning settings YAML whose model: section (resolution, precision, ...) applies")
     sp.add_argument("--out", required=True, help="samples .safetensors")
     sp.set_defaults(func=_sample)
 

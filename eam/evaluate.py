@@ -28,11 +28,11 @@ from .samplers import ode_sample
 
 @torch.no_grad()
 def sample(model_name: str, model_path, prompts_path, per_prompt: int, steps: int, guidance_scale: float, out,
-           chunk: int = 256):
+           chunk: int = 256, model_options: dict | None = None):
     """Heun-ODE samples of `per_prompt` fixed seeds per prompt, saved with their prompts (safetensors)."""
     if per_prompt < 2:
         raise ValueError(f"--per-prompt must be at least 2 (diversity compares samples of one prompt), got {per_prompt}")
-    model = lookup("model", model_name).load(model_path, guidance_scale=guidance_scale).eval()
+    model = lookup("model", model_name).load(model_path, guidance_scale=guidance_scale, **(model_options or {})).eval()
     device = resolve_device("auto")
     model.to(device)
     records = load_prompt_set(prompts_path)

@@ -51,7 +51,7 @@ def clip_preprocess(images: torch.Tensor, size: int, mean=CLIP_MEAN, std=CLIP_ST
     H, W = images.shape[-2:]
     resize = resize or size
     scale = resize / min(H, W)
-    h, w = max(resize, round(H * scale)), max(resize, round(W * scale))
+    h, w = max(resize, int(H * scale)), max(resize, int(W * scale))  # truncated, as torchvision and CLIP processors do
     x = F.interpolate(images, size=(h, w), mode="bicubic", align_corners=False, antialias=True)
     top, left = (h - size) // 2, (w - size) // 2
     x = x[..., top:top + size, left:left + size]
