@@ -1,5 +1,6 @@
 """Rewards, registered by name: one file each; importing this package registers them all."""
-from . import clipscore, digit_classifier, digit_clip, heldout_classifier, imagereward, pickscore, stroke_quality, toy  # noqa: F401  (registration)
+from . import (aesthetics, clipscore, digit_classifier, digit_clip, heldout_classifier, hpsv2, imagereward,  # noqa: F401
+               pickscore, stroke_quality, toy)  # (registration)
 from .base import Reward, reward_grad
 from .toy import LinearReward, QuadraticReward
 
