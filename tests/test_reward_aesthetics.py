@@ -11,6 +11,7 @@ from eam.rewards import load_reward
 from eam.rewards.aesthetics import WEIGHTS
 from eam.rewards.image import to_pil
 from tiny.hf import clip_model
+from tiny.images import smooth_images
 
 PROJ = 16
 KEYS = [f"layers.{i}.{p}" for i in (0, 2, 4, 6, 7) for p in ("weight", "bias")]  # as in the authors' .pth
@@ -37,12 +38,6 @@ def aes(tmp_path_factory):
     torch.save(tiny_mlp_state(PROJ), d / WEIGHTS)
     return d, model
 
-
-def smooth_images(n, h, w, seed=0):
-    """Low-frequency random images (as decoded latents are), so resizing them is well posed."""
-    g = torch.Generator().manual_seed(seed)
-    return torch.nn.functional.interpolate(torch.rand(n, 3, 6, 6, generator=g), size=(h, w), mode="bilinear",
-                                           align_corners=False).clamp(0, 1)
 
 
 def test_loads_the_saved_weights(aes):

@@ -8,6 +8,7 @@ from eam.prompts import PromptBatch
 from eam.rewards import load_reward
 from eam.rewards.image import to_pil
 from tiny.hf import clip_model
+from tiny.images import smooth_images
 
 PROMPTS = ["a red fox in the snow", "an astronaut riding a horse", "a bowl of fruit"]
 
@@ -18,12 +19,6 @@ def clip_dir(tmp_path_factory):
     clip_model(d)
     return d
 
-
-def smooth_images(n, h, w, seed=0):
-    """Low-frequency random images (as decoded latents are), so resizing them is well posed."""
-    g = torch.Generator().manual_seed(seed)
-    return torch.nn.functional.interpolate(torch.rand(n, 3, 6, 6, generator=g), size=(h, w), mode="bilinear",
-                                           align_corners=False).clamp(0, 1)
 
 
 @pytest.mark.parametrize("name", ["pickscore", "clipscore"])

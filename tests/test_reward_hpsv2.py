@@ -13,6 +13,7 @@ from eam.prompts import PromptBatch
 from eam.rewards import load_reward
 from eam.rewards.hpsv2 import WEIGHTS, letterbox_pil, letterbox_preprocess
 from eam.rewards.image import CLIP_MEAN, CLIP_STD, clip_preprocess, to_pil
+from tiny.images import smooth_images
 
 open_clip = pytest.importorskip("open_clip")
 
@@ -37,12 +38,6 @@ def hps(tmp_path_factory):
     model = open_clip.model.CLIP(**CFG).eval()
     return save_hps(tmp_path_factory.mktemp("hps"), model), model
 
-
-def smooth_images(n, h, w, seed=0):
-    """Low-frequency random images (as decoded latents are), so resizing them is well posed."""
-    g = torch.Generator().manual_seed(seed)
-    return torch.nn.functional.interpolate(torch.rand(n, 3, 6, 6, generator=g), size=(h, w), mode="bilinear",
-                                           align_corners=False).clamp(0, 1)
 
 
 def test_loads_the_saved_weights(hps):

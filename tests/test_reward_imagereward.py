@@ -16,6 +16,7 @@ from eam.rewards import load_reward
 from eam.rewards.image import to_pil
 from eam.rewards.imagereward import port_key
 from tiny.hf import bert_tokenizer
+from tiny.images import smooth_images
 
 # Tiny sizes: ViT width 48 ≠ text width 32, so the cross-attention key/value [32, 48] checks that
 # the image width (not med_config's encoder_width) is used, as the authors do.
@@ -103,12 +104,6 @@ def ir_dir(tmp_path_factory):
 def checkpoint(d):
     return torch.load(d / "ImageReward.pt", weights_only=True)
 
-
-def smooth_images(n, h, w, seed=0):
-    """Low-frequency random images (as decoded latents are), so resizing them is well posed."""
-    g = torch.Generator().manual_seed(seed)
-    return F.interpolate(torch.rand(n, 3, 6, 6, generator=g), size=(h, w), mode="bilinear",
-                         align_corners=False).clamp(0, 1)
 
 
 # ---------------------------------------------------------------------------------------------
