@@ -29,7 +29,9 @@ VARIANTS = {"am": ["--method", "am"],
 # Measured (README, "Ground truth", "Why EAM moves mass between separated modes slowly"): on
 # mix2d_quadratic EAM fixes the modes' shapes but stalls on their relative weights (sliced-W2 0.125 at
 # 800 iterations, 0.093 at 2400, bound 0.088). Strict: the day it passes, this marker must go.
-EAM_QUADRATIC_SLOW = pytest.mark.xfail(strict=True, reason="EAM corrects mode weights slowly on mix2d_quadratic")
+EAM_QUADRATIC_SLOW = pytest.mark.xfail(strict=True, reason=(
+    "EAM corrects mode weights slowly on mix2d_quadratic: with the modes' shapes right, any weights are an EAM "
+    "fixed point (tests/test_eam_fixed_points.py)"))
 
 
 @pytest.mark.slow

@@ -15,7 +15,7 @@ from eam.rewards.hpsv2 import WEIGHTS, letterbox_pil, letterbox_preprocess
 from eam.rewards.image import CLIP_MEAN, CLIP_STD, clip_preprocess, to_pil
 from tiny.images import smooth_images
 
-open_clip = pytest.importorskip("open_clip")
+import open_clip  # noqa: E402  (a pinned dependency)
 
 PROMPTS = ["a red fox in the snow", "an astronaut riding a horse", "a bowl of fruit"]
 # ViT-H-14's layout, shrunk; the real BPE vocabulary (49408) and a non-default context length,
