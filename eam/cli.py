@@ -113,7 +113,7 @@ def _load_yaml(path):
 
 
 def _finetune(args):
-    from .finetune import FinetuneConfig, finetune
+    from .finetune import FinetuneConfig, Preempted, finetune
 
     settings = _load_yaml(args.settings) if args.settings else {}
     if not isinstance(settings, dict):
@@ -126,8 +126,12 @@ def _finetune(args):
     if args.device is not None:
         settings["device"] = args.device
     cfg = FinetuneConfig.from_dict(settings)
-    s = finetune(cfg, args.model, args.model_path, args.reward, args.reward_path, args.prompts, args.eval_prompts,
-                 args.out, progress=not args.quiet)
+    try:
+        s = finetune(cfg, args.model, args.model_path, args.reward, args.reward_path, args.prompts, args.eval_prompts,
+                     args.out, progress=not args.quiet, resume=args.resume)
+    except Preempted as e:
+        print(f"eam: {e}", file=sys.stderr)
+        raise SystemExit(128 + e.signum) from None
     print(f"{args.method} {args.reward} λ={args.lam:g} seed {args.seed}: {s['iters']} iterations in "
           f"{s['wall_clock_s']:.0f} s -> {args.out}")
 
@@ -225,6 +229,8 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("--prompts", required=True, help="prepared training prompts (train.jsonl)")
     ft.add_argument("--eval-prompts", required=True, help="prepared evaluation prompts (eval.jsonl)")
     ft.add_argument("--out", required=True, help="output folder; resumes from OUT.work/ when present")
+    ft.add_argument("--resume", default="auto", choices=["auto", "never"],
+                    help="auto: continue from the newest valid checkpoint in OUT.work/ (default); never: start over")
     ft.add_argument("--quiet", action="store_true")
     ft.set_defaults(func=_finetune)
 

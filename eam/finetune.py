@@ -5,13 +5,16 @@ draw prompts and noise, compute the method's loss, step. It logs one JSONL row p
 (training reward, loss, wall-clock, cumulative function evaluations by kind), evaluates the training
 reward on a fixed evaluation batch every `eval_every` iterations, and checkpoints (weights,
 optimiser, schedule, RNG, step, log position) every `ckpt_every` iterations so that a killed job
-resumes where it stopped. Outputs land only when training is complete.
+resumes where it stopped; SIGTERM/SIGUSR1 (a SLURM preemption) checkpoint at the end of the
+iteration and stop. Outputs land only when training is complete.
 """
 from __future__ import annotations
 
 import json
 import math
 import shutil
+import signal
+import threading
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -122,10 +125,64 @@ def eval_batch(records: list[dict], per_prompt: int, shape) -> tuple[torch.Tenso
     return torch.cat(noise), PromptBatch.from_records(rows)
 
 
+class Preempted(Exception):
+    """Training stopped on SIGTERM/SIGUSR1 after writing a checkpoint; re-running resumes it."""
+
+    def __init__(self, signum: int, step: int, checkpoint: Path):
+        super().__init__(f"stopped by {signal.Signals(signum).name} at iteration {step}; checkpoint {checkpoint} "
+                         "written, run the same command again to resume")
+        self.signum = signum
+
+
+class StopSignals:
+    """Within the block, SIGTERM and SIGUSR1 (SLURM's preemption and time-limit warnings) only set
+    `signum`; the loop checkpoints and stops at the end of the iteration."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+    def __enter__(self):
+        self.signum, self._old = None, {}
+        if threading.current_thread() is threading.main_thread():
+            self._old = {s: signal.signal(s, self._note) for s in self.SIGNALS}
+        return self
+
+    def _note(self, signum, frame):
+        self.signum = signum
+
+    def __exit__(self, *exc):
+        for s, handler in self._old.items():
+            signal.signal(s, handler)
+
+
+CKPT_KEEP = 2  # newest checkpoints kept in OUT.work/, so a corrupt newest one still leaves one
+
+
+def _checkpoint_path(work: Path, step: int) -> Path:
+    return work / f"ckpt-{step:08d}.pt"
+
+
+def _resumable_state(work: Path, identity: dict, log_lines: int):
+    """The newest readable checkpoint written with these settings and within the log; unreadable
+    or foreign ones are skipped with a warning."""
+    for path in sorted(work.glob("ckpt-*.pt"), reverse=True):
+        state = load_training_state(path)
+        if state is None:
+            print(f"warning: checkpoint {path} is unreadable (truncated or corrupt); trying an older one")
+        elif state.get("identity") != identity or log_lines < state.get("log_lines", 0):
+            print(f"warning: checkpoint {path} was written with other settings, another base model or a longer "
+                  "log; trying an older one")
+        else:
+            return path, state
+    return None, None
+
+
 def finetune(cfg: FinetuneConfig, model_name: str, model_path, reward_name: str, reward_path, train_prompts,
-             eval_prompts, out, progress: bool = True) -> dict:
-    """Fine-tune and write `out/` (model weights + config.json, metrics.jsonl); resumable from `out.work/`."""
+             eval_prompts, out, progress: bool = True, resume: str = "auto") -> dict:
+    """Fine-tune and write `out/` (model weights + config.json, metrics.jsonl). With resume="auto"
+    it continues from the newest valid checkpoint in `out.work/`; "never" starts over."""
     cfg.validate()
+    if resume not in ("auto", "never"):
+        raise ValueError(f"unknown resume mode {resume!r}; expected auto or never")
     out, work = Path(out), Path(str(out) + ".work")
     work.mkdir(parents=True, exist_ok=True)
     train, evals = load_prompt_set(train_prompts), load_prompt_set(eval_prompts)
@@ -138,16 +195,12 @@ def finetune(cfg: FinetuneConfig, model_name: str, model_path, reward_name: str,
         opt, lambda i: cfg.lr_final + (1 - cfg.lr_final) * 0.5 * (1 + math.cos(math.pi * min(i / cfg.iters, 1.0))))
     clipper = QuantileClipper(cfg.am.clip_quantile) if cfg.am.clip_quantile else None
     ledger, step = Ledger(), 0
-    log_path, state_path = work / "metrics.jsonl", work / "state.pt"
+    log_path = work / "metrics.jsonl"
 
     torch.manual_seed(cfg.seed)
-    state = load_training_state(state_path)
     identity = run_identity(cfg, model_name, model_path, reward_name)
     lines = log_path.read_text().splitlines() if log_path.exists() else []
-    if state is not None and (state.get("identity") != identity or len(lines) < state["log_lines"]):
-        print(f"warning: {state_path} was written with other settings, another base model or a shorter log; "
-              "starting over")
-        state = None
+    state_path, state = _resumable_state(work, identity, len(lines)) if resume == "auto" else (None, None)
     if state is not None:
         model.load_trainable_state(state["model"])
         opt.load_state_dict(state["opt"])
@@ -157,8 +210,10 @@ def finetune(cfg: FinetuneConfig, model_name: str, model_path, reward_name: str,
         if clipper is not None:
             clipper.value, clipper.updates = state["clipper"]
         write_text(log_path, "".join(line + "\n" for line in lines[: state["log_lines"]]))  # rows after the checkpoint go
-        print(f"resuming {out} at iteration {step}")
+        print(f"resuming {out} at iteration {step} from {state_path.name}")
     else:
+        for old in work.glob("ckpt-*.pt"):
+            old.unlink()
         write_text(log_path, "")
 
     x_eval, c_eval = eval_batch(evals, cfg.eval_per_prompt, shape)
@@ -169,7 +224,19 @@ def finetune(cfg: FinetuneConfig, model_name: str, model_path, reward_name: str,
             x1 = ode_sample(model, x_eval, cfg.eval_steps, "heun", c_eval)
             return float(reward(x1, c_eval).mean())
 
-    with open(log_path, "a") as log:
+    def checkpoint(it: int) -> Path:
+        log.flush()
+        path = _checkpoint_path(work, it)
+        save_training_state(
+            path, identity=identity, step=it, model=model.trainable_state(), opt=opt.state_dict(),
+            sched=sched.state_dict(), rng=rng_state(), nfe=dict(ledger.nfe), seconds=ledger.seconds,
+            clipper=(clipper.value, clipper.updates) if clipper else None,
+            log_lines=sum(1 for _ in open(log_path)))
+        for old in sorted(work.glob("ckpt-*.pt"), reverse=True)[CKPT_KEEP:]:
+            old.unlink()
+        return path
+
+    with open(log_path, "a") as log, StopSignals() as stop:
         if step == 0:
             row = {"iter": 0, "wall_clock_s": 0.0, "nfe_total": 0, **{f"nfe_{k}": 0 for k in ledger.nfe},
                    "eval_reward": evaluate()}
@@ -199,13 +266,10 @@ def finetune(cfg: FinetuneConfig, model_name: str, model_path, reward_name: str,
             if it % cfg.eval_every == 0 or it == cfg.iters:
                 row["eval_reward"] = evaluate()
             log.write(json.dumps(row) + "\n")
-            if it % cfg.ckpt_every == 0 or it == cfg.iters:
-                log.flush()
-                save_training_state(
-                    state_path, identity=identity, step=it, model=model.trainable_state(), opt=opt.state_dict(),
-                    sched=sched.state_dict(), rng=rng_state(), nfe=dict(ledger.nfe), seconds=ledger.seconds,
-                    clipper=(clipper.value, clipper.updates) if clipper else None,
-                    log_lines=sum(1 for _ in open(log_path)))
+            if it % cfg.ckpt_every == 0 or it == cfg.iters or stop.signum:
+                path = checkpoint(it)
+                if stop.signum and it < cfg.iters:
+                    raise Preempted(stop.signum, it, path)
 
     model.config = {**model.config, "finetune": {**asdict(cfg), "reward": reward_name, "base": str(model_path)}}
     model.save(out)

@@ -122,23 +122,54 @@ def test_killed_run_resumes_to_the_same_result(tiny, tmp_path):
     subprocess.run(_finetune_cmd(tiny, straight, 60), check=True, env=env, capture_output=True)
     killed = tmp_path / "killed"
     p = subprocess.Popen(_finetune_cmd(tiny, killed, 60), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    state = Path(str(killed) + ".work") / "state.pt"
-    deadline = time.time() + 120
-    while time.time() < deadline and p.poll() is None:
-        if state.exists() and torch.load(state, weights_only=True)["step"] >= 9:
-            break
-        time.sleep(0.05)
-    assert p.poll() is None, "the run finished before it could be killed; make it longer"
+    _wait_for_checkpoint(p, Path(str(killed) + ".work"), 12)
     p.send_signal(signal.SIGKILL)
     p.wait()
     assert not (killed / "model.safetensors").exists()
+    # the newest checkpoint is corrupt (say, the node died while writing it): resume from the one before
+    newest = sorted(Path(str(killed) + ".work").glob("ckpt-*.pt"))[-1]
+    newest.write_bytes(newest.read_bytes()[:100])
     r = subprocess.run(_finetune_cmd(tiny, killed, 60), env=env, capture_output=True, text=True)
-    assert r.returncode == 0 and "resuming" in r.stdout, r.stderr
+    assert r.returncode == 0 and "resuming" in r.stdout and f"{newest} is unreadable" in r.stdout, r.stdout + r.stderr
     rows = [json.loads(line)["iter"] for line in (killed / "metrics.jsonl").read_text().splitlines()]
     assert rows == list(range(61))  # no gap, no duplicate
-    a, b = DigitsFlow.load(straight), DigitsFlow.load(killed)
+    _assert_same_weights(straight, killed)
+
+
+def _wait_for_checkpoint(p, work: Path, step: int):
+    deadline = time.time() + 120
+    while time.time() < deadline and p.poll() is None:
+        done = sorted(work.glob("ckpt-*.pt"))
+        if done and int(done[-1].stem.split("-")[1]) >= step:
+            return
+        time.sleep(0.05)
+    assert p.poll() is None, "the run finished before it could be stopped; make it longer"
+    raise AssertionError(f"no checkpoint of step {step} within 120 s")
+
+
+def _assert_same_weights(dir_a, dir_b):
+    a, b = DigitsFlow.load(dir_a), DigitsFlow.load(dir_b)
     for (k, va), vb in zip(a.state_dict().items(), b.state_dict().values()):
         assert torch.equal(va, vb), k
+
+
+def test_sigterm_checkpoints_stops_and_resumes(tiny, tmp_path):
+    """SLURM's preemption signal: the trainer writes a checkpoint at the end of the iteration and
+    exits with 128 + 15; the same command resumes; the log has every iteration once."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    out = tmp_path / "run"
+    p = subprocess.Popen(_finetune_cmd(tiny, out, 60), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for_checkpoint(p, Path(str(out) + ".work"), 3)
+    p.send_signal(signal.SIGTERM)
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 128 + signal.SIGTERM, err
+    assert "stopped by SIGTERM at iteration" in err and "run the same command again" in err
+    stopped_at = int(err.split("at iteration ")[1].split(";")[0])
+    assert Path(str(out) + ".work", f"ckpt-{stopped_at:08d}.pt").exists()
+    r = subprocess.run(_finetune_cmd(tiny, out, 60), env=env, capture_output=True, text=True)
+    assert r.returncode == 0 and f"resuming {out} at iteration {stopped_at}" in r.stdout, r.stderr
+    rows = [json.loads(line)["iter"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert rows == list(range(61))
 
 
 def test_bad_settings_are_rejected_in_one_line():

@@ -61,7 +61,7 @@ def test_tiny_real_run_then_noop_and_resume(tmp_path):
         f.unlink()
     state.mkdir()
     (state / "metrics.jsonl").write_text("\n".join(log[:3]) + "\n")
-    save_training_state(state / "state.pt", **_state_after_two_steps(wd, log))
+    save_training_state(state / "ckpt-00000002.pt", **_state_after_two_steps(wd, log))
     p = _snakemake(wd, "all", *tiny)
     assert p.returncode == 0, p.stderr[-3000:]
     assert "resuming" in (wd / "results/logs/digits/runs/eam/digit_classifier/lam10/seed0.log").read_text()

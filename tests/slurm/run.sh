@@ -1,0 +1,99 @@
+#!/usr/bin/env bash
+# A real single-node SLURM on this machine, and the embedded-default DAG (tiny config) run through
+# profiles/slurm on it: install Debian's slurmctld/slurmd/munge, write /etc/slurm/slurm.conf, start
+# munged, slurmctld and slurmd without systemd, wait for the node, run Snakemake, check that every
+# job ran as a SLURM job, stop the daemons by pid. Every wait is bounded; failures print the logs.
+# Needs root (CI and the developer machines are). Usage: bash tests/slurm/run.sh
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+WORK=$(mktemp -d /tmp/eam-slurm.XXXXXX)
+START=$(date +%s)
+say() { echo "slurm-test: $*"; }
+fail() { say "FAILED: $*"; for f in "$WORK"/*.log; do echo "--- $f"; tail -n 40 "$f"; done; exit 1; }
+
+if ! command -v slurmctld >/dev/null || ! command -v slurmd >/dev/null || ! command -v sbatch >/dev/null \
+   || ! command -v munged >/dev/null; then
+  say "installing slurmctld slurmd slurm-client munge"
+  timeout 300 apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive timeout 600 apt-get install -y -qq slurmctld slurmd slurm-client munge >/dev/null
+fi
+
+cleanup() {
+  for pidfile in "$WORK/slurmd.pid" "$WORK/slurmctld.pid" "$WORK/munged.pid"; do
+    [ -s "$pidfile" ] && kill "$(cat "$pidfile")" 2>/dev/null || true
+  done
+}
+trap cleanup EXIT
+
+# munge: a key readable only by the munge user, its socket under /run/munge
+install -d -o munge -g munge -m 0700 /etc/munge /var/lib/munge /var/log/munge
+install -d -o munge -g munge -m 0755 /run/munge
+[ -s /etc/munge/munge.key ] || dd if=/dev/urandom of=/etc/munge/munge.key bs=1024 count=1 status=none
+chown munge:munge /etc/munge/munge.key && chmod 0400 /etc/munge/munge.key
+runuser -u munge -- /usr/sbin/munged --force --pid-file="$WORK/munged.pid" --log-file="$WORK/munged.log" \
+  || fail "munged did not start"
+timeout 10 bash -c 'until munge -n | unmunge >/dev/null 2>&1; do sleep 0.2; done' || fail "munge does not answer"
+
+# slurm.conf: this machine as node "localhost", one partition; no accounting database, so jobs
+# must stay visible to squeue long enough for Snakemake's status checks (MinJobAge).
+node=$(slurmd -C | head -n 1 | sed -E 's/^NodeName=[^ ]+/NodeName=localhost/')
+mkdir -p /etc/slurm "$WORK/state" "$WORK/spool"
+cat > /etc/slurm/slurm.conf <<CONF
+ClusterName=eamci
+SlurmctldHost=localhost
+AuthType=auth/munge
+CredType=cred/munge
+SlurmUser=root
+SlurmdUser=root
+StateSaveLocation=$WORK/state
+SlurmdSpoolDir=$WORK/spool
+SlurmctldPidFile=$WORK/slurmctld.pid
+SlurmdPidFile=$WORK/slurmd.pid
+SlurmctldLogFile=$WORK/slurmctld.log
+SlurmdLogFile=$WORK/slurmd.log
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+SchedulerType=sched/backfill
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core
+ReturnToService=2
+MinJobAge=600
+AccountingStorageType=accounting_storage/none
+JobAcctGatherType=jobacct_gather/none
+JobCompType=jobcomp/none
+MpiDefault=none
+$node State=UNKNOWN
+PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP
+CONF
+slurmctld -i || fail "slurmctld did not start"
+slurmd -N localhost || fail "slurmd did not start"
+timeout 60 bash -c 'until [ "$(sinfo -h -N -o %T 2>/dev/null)" = idle ]; do sleep 1; done' \
+  || fail "node not idle after 60 s: $(sinfo -N 2>&1 | tail -n 1)"
+say "SLURM up in $(( $(date +%s) - START )) s: $(sinfo -h -N -o '%N %T %c CPUs')"
+
+# the embedded-default DAG on the tiny config, through the project's profile
+RUN="$WORK/run"
+mkdir -p "$RUN/tests"
+cp -r "$ROOT/Snakefile" "$ROOT/workflow" "$ROOT/config" "$ROOT/profiles" "$RUN/"
+cp -r "$ROOT/tests/data" "$RUN/tests/"
+cd "$RUN"
+# no slurmdbd here: query squeue, not sacct (the profile's default, for clusters with accounting)
+timeout 1500 snakemake --profile profiles/slurm --configfile tests/data/tiny_config.yaml all \
+  --slurm-status-command squeue --slurm-init-seconds-before-status-checks 5 --slurm-no-account \
+  > "$WORK/snakemake.log" 2>&1 || fail "snakemake through SLURM failed (exit $?)"
+
+ids=$(grep -oE "SLURM jobid [0-9]+" "$WORK/snakemake.log" | awk '{print $3}' | sort -n | uniq)
+n_ids=$(echo "$ids" | grep -c . || true)
+n_jobs=$(grep -cE "^(localrule|rule) " "$WORK/snakemake.log" || true)
+n_local=$(grep -cE "^localrule " "$WORK/snakemake.log" || true)
+say "SLURM job ids: $(echo $ids)"
+[ "$n_ids" -ge 1 ] && [ "$n_ids" -eq $(( n_jobs - n_local )) ] \
+  || fail "expected every non-local job to run under SLURM: $n_ids job ids for $n_jobs jobs ($n_local local)"
+for id in $ids; do
+  state=$(scontrol show job "$id" 2>/dev/null | grep -oE "JobState=[A-Z]+" || true)
+  [ "$state" = JobState=COMPLETED ] || fail "SLURM job $id: ${state:-unknown to slurmctld}"
+done
+for f in results/gmm/report/table.md results/digits/report/table.md; do
+  [ -s "$f" ] || fail "$f missing after the SLURM run"
+done
+say "passed: $n_ids SLURM jobs completed, $n_local local, in $(( $(date +%s) - START )) s"
