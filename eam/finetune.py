@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import signal
 import threading
@@ -23,6 +24,7 @@ from tqdm import tqdm
 
 from . import adapters  # noqa: F401  (registers the model adapters)
 from .checkpoint import load_training_state, rng_state, save_training_state, set_rng_state, weights_stamp
+from .distributed import Group
 from .io import write_json, write_text
 from .losses import AMConfig, EAMConfig, QuantileClipper, am_loss, eam_loss
 from .prompts import PromptBatch, load_prompt_set
@@ -41,7 +43,9 @@ class FinetuneConfig:
     method: str = "eam"
     lam: float = 10.0                 # reward multiplier λ
     iters: int = 300
-    batch: int = 32                   # prompts (and x_1 samples) per iteration
+    batch: int = 32                   # prompts (and x_1 samples) per iteration, over all processes
+    shards: int = 1                   # the batch's shards, each with its own random stream; processes
+                                      # share them out, so results do not depend on the process count
     lr: float = 3e-4
     lr_final: float = 0.1             # cosine decay to lr × lr_final
     grad_clip: float | None = 1.0
@@ -83,12 +87,14 @@ class FinetuneConfig:
     def validate(self):
         if self.method not in METHODS:
             raise ValueError(f"unknown method {self.method!r}; expected one of {', '.join(METHODS)}")
-        for name in ("iters", "batch", "eval_every", "eval_per_prompt", "eval_steps", "ckpt_every"):
+        for name in ("iters", "batch", "shards", "eval_every", "eval_per_prompt", "eval_steps", "ckpt_every"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"fine-tuning setting {name} must be a positive integer, got {v!r}")
         if self.grad_clip is not None and not (isinstance(self.grad_clip, (int, float)) and self.grad_clip > 0):
             raise ValueError(f"fine-tuning setting grad_clip must be a positive number or null, got {self.grad_clip!r}")
+        if self.batch % self.shards:
+            raise ValueError(f"fine-tuning batch {self.batch} must be a multiple of shards {self.shards}")
         for name in ("lam", "lr", "lr_final", "guidance_scale"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
@@ -183,10 +189,27 @@ def finetune(cfg: FinetuneConfig, model_name: str, model_path, reward_name: str,
     cfg.validate()
     if resume not in ("auto", "never"):
         raise ValueError(f"unknown resume mode {resume!r}; expected auto or never")
+    group = Group()
+    try:
+        return _finetune(cfg, model_name, model_path, reward_name, reward_path, train_prompts, eval_prompts, out,
+                         progress, resume, group)
+    finally:
+        group.close()
+
+
+def _shard_generator(cfg: FinetuneConfig, it: int, shard: int) -> torch.Generator:
+    """The random stream of one shard of one iteration, whichever process computes it."""
+    return torch.Generator().manual_seed((cfg.seed * 1_000_003 + it) * 1009 + shard)
+
+
+def _finetune(cfg, model_name, model_path, reward_name, reward_path, train_prompts, eval_prompts, out, progress,
+              resume, group: Group) -> dict:
+    if cfg.shards % group.world:
+        raise ValueError(f"fine-tuning shards {cfg.shards} must be a multiple of the number of processes {group.world}")
     out, work = Path(out), Path(str(out) + ".work")
     work.mkdir(parents=True, exist_ok=True)
     train, evals = load_prompt_set(train_prompts), load_prompt_set(eval_prompts)
-    device = resolve_device(cfg.device)
+    device = group.device(cfg.device)
     base, model, reward = _build(model_name, model_path, reward_name, reward_path, cfg, device)
     shape = tuple(model.sample_shape)
     ref = LinearReference(model.interpolant)
@@ -196,11 +219,13 @@ def finetune(cfg: FinetuneConfig, model_name: str, model_path, reward_name: str,
     clipper = QuantileClipper(cfg.am.clip_quantile) if cfg.am.clip_quantile else None
     ledger, step = Ledger(), 0
     log_path = work / "metrics.jsonl"
+    my_shards, shard_size = range(group.rank, cfg.shards, group.world), cfg.batch // cfg.shards
 
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(cfg.seed)  # the same on every process: they draw the same global batch
     identity = run_identity(cfg, model_name, model_path, reward_name)
     lines = log_path.read_text().splitlines() if log_path.exists() else []
     state_path, state = _resumable_state(work, identity, len(lines)) if resume == "auto" else (None, None)
+    group.barrier()  # every process has read the checkpoint before rank 0 changes the folder
     if state is not None:
         model.load_trainable_state(state["model"])
         opt.load_state_dict(state["opt"])
@@ -209,9 +234,10 @@ def finetune(cfg: FinetuneConfig, model_name: str, model_path, reward_name: str,
         ledger.nfe, ledger.seconds, step = state["nfe"], state["seconds"], state["step"]
         if clipper is not None:
             clipper.value, clipper.updates = state["clipper"]
-        write_text(log_path, "".join(line + "\n" for line in lines[: state["log_lines"]]))  # rows after the checkpoint go
-        print(f"resuming {out} at iteration {step} from {state_path.name}")
-    else:
+        if group.main:
+            write_text(log_path, "".join(line + "\n" for line in lines[: state["log_lines"]]))  # later rows go
+            print(f"resuming {out} at iteration {step} from {state_path.name}")
+    elif group.main:
         for old in work.glob("ckpt-*.pt"):
             old.unlink()
         write_text(log_path, "")
@@ -236,46 +262,68 @@ def finetune(cfg: FinetuneConfig, model_name: str, model_path, reward_name: str,
             old.unlink()
         return path
 
-    with open(log_path, "a") as log, StopSignals() as stop:
+    def step_once(it: int) -> tuple[float, float, dict]:
+        """One optimiser step on the global batch: this process's shards, gradients summed over processes."""
+        recs = [train[i] for i in torch.randint(len(train), (cfg.batch,)).tolist()]
+        x0 = torch.randn(cfg.batch, *shape)
+        opt.zero_grad(set_to_none=True)
+        loss_sum, reward_sum, nfe = torch.zeros(2, dtype=torch.float64), torch.zeros(1, dtype=torch.float64), {}
+        for s in my_shards:
+            part = slice(s * shard_size, (s + 1) * shard_size)
+            cond, xs, g = PromptBatch.from_records(recs[part]).to(device), x0[part].to(device), _shard_generator(cfg, it, s)
+            if cfg.method == "am":
+                o = am_loss(model, base, reward, cfg.lam, xs, cfg.am, cond, clipper=clipper, generator=g)
+            else:
+                o = eam_loss(model, base, reward, cfg.lam, xs, ref, cfg.eam, cond, generator=g)
+            (o.loss / cfg.shards).backward()
+            loss_sum += torch.tensor([o.loss.item(), float(not torch.isfinite(o.loss))], dtype=torch.float64)
+            reward_sum += o.reward.double().sum().cpu()
+            nfe = {k: nfe.get(k, 0) + v for k, v in o.nfe.items()}
+        kinds = sorted(nfe or ledger.nfe)
+        totals = torch.cat([loss_sum, reward_sum, torch.tensor([nfe.get(k, 0) for k in kinds], dtype=torch.float64)])
+        totals = group.summed(totals, device)
+        group.sum_grads(model.trainable_parameters())
+        if totals[1] > 0:
+            raise FloatingPointError(f"non-finite {cfg.method} loss at iteration {it}; lower lr or λ")
+        if cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.trainable_parameters(), cfg.grad_clip)
+        opt.step()
+        sched.step()
+        return (float(totals[0]) / cfg.shards, float(totals[2]) / cfg.batch,
+                {k: int(round(float(v))) for k, v in zip(kinds, totals[3:])})
+
+    with open(log_path if group.main else os.devnull, "a") as log, StopSignals() as stop:
         if step == 0:
             row = {"iter": 0, "wall_clock_s": 0.0, "nfe_total": 0, **{f"nfe_{k}": 0 for k in ledger.nfe},
-                   "eval_reward": evaluate()}
+                   "eval_reward": evaluate() if group.main else None}
             log.write(json.dumps(row) + "\n")
         for it in tqdm(range(step + 1, cfg.iters + 1), desc=f"{cfg.method} {reward_name} λ={cfg.lam:g}",
-                       disable=not progress, initial=step, total=cfg.iters):
+                       disable=not progress or not group.main, initial=step, total=cfg.iters):
             with ledger:
-                recs = [train[i] for i in torch.randint(len(train), (cfg.batch,)).tolist()]
-                cond = PromptBatch.from_records(recs)
-                x0 = torch.randn(cfg.batch, *shape).to(device)
-                if cfg.method == "am":
-                    o = am_loss(model, base, reward, cfg.lam, x0, cfg.am, cond, clipper=clipper)
-                else:
-                    o = eam_loss(model, base, reward, cfg.lam, x0, ref, cfg.eam, cond)
-                if not torch.isfinite(o.loss):
-                    raise FloatingPointError(f"non-finite {cfg.method} loss at iteration {it}; lower lr or λ")
-                opt.zero_grad(set_to_none=True)
-                o.loss.backward()
-                if cfg.grad_clip:
-                    torch.nn.utils.clip_grad_norm_(model.trainable_parameters(), cfg.grad_clip)
-                opt.step()
-                sched.step()
-                ledger.add(o.nfe)
-            row = {"iter": it, "loss": o.loss.item(), "reward": o.reward.mean().item(),
-                   "wall_clock_s": ledger.seconds, "nfe_total": ledger.total(),
-                   **{f"nfe_{k}": v for k, v in ledger.nfe.items()}}
-            if it % cfg.eval_every == 0 or it == cfg.iters:
+                loss, mean_reward, nfe = step_once(it)
+                ledger.add(nfe)
+            row = {"iter": it, "loss": loss, "reward": mean_reward, "wall_clock_s": ledger.seconds,
+                   "nfe_total": ledger.total(), **{f"nfe_{k}": v for k, v in ledger.nfe.items()}}
+            if group.main and (it % cfg.eval_every == 0 or it == cfg.iters):
                 row["eval_reward"] = evaluate()
             log.write(json.dumps(row) + "\n")
-            if it % cfg.ckpt_every == 0 or it == cfg.iters or stop.signum:
-                path = checkpoint(it)
-                if stop.signum and it < cfg.iters:
-                    raise Preempted(stop.signum, it, path)
+            flag = group.summed(torch.tensor([float(stop.signum or 0)]), device)  # all stop at the same iteration
+            signum = stop.signum or (int(signal.SIGTERM) if flag.item() else None)
+            if it % cfg.ckpt_every == 0 or it == cfg.iters or signum:
+                path = checkpoint(it) if group.main else _checkpoint_path(work, it)
+                group.barrier()
+                if signum and it < cfg.iters:
+                    raise Preempted(signum, it, path)
 
-    model.config = {**model.config, "finetune": {**asdict(cfg), "reward": reward_name, "base": str(model_path)}}
-    model.save(out)
-    shutil.copyfile(log_path, work / "metrics.done.jsonl")
-    (work / "metrics.done.jsonl").replace(out / "metrics.jsonl")
-    summary = {"iters": cfg.iters, "wall_clock_s": ledger.seconds, "nfe": dict(ledger.nfe)}
-    write_json(out / "summary.json", summary)
-    shutil.rmtree(work)
+    if group.main:
+        model.config = {**model.config, "finetune": {**asdict(cfg), "reward": reward_name, "base": str(model_path),
+                                                     "processes": group.world}}
+        model.save(out)
+        shutil.copyfile(log_path, work / "metrics.done.jsonl")
+        (work / "metrics.done.jsonl").replace(out / "metrics.jsonl")
+    summary = {"iters": cfg.iters, "wall_clock_s": ledger.seconds, "nfe": dict(ledger.nfe), "processes": group.world}
+    if group.main:
+        write_json(out / "summary.json", summary)
+        shutil.rmtree(work)
+    group.barrier()
     return summary

@@ -106,13 +106,14 @@ def test_a_training_step_moves_only_the_model(tiny, method):
     assert all(torch.equal(v, before[k]) for k, v in base.state_dict().items())
 
 
-def _finetune_cmd(tiny, out, iters):
+def _finetune_cmd(tiny, out, iters, launcher=(sys.executable,), **extra):
     settings = {"iters": iters, "batch": 4, "eval_every": 3, "eval_per_prompt": 1, "eval_steps": 2, "ckpt_every": 3,
-                "eam": {"ode_steps": 2, "ode_method": "euler", "n_times": 2}}
-    (tiny / "settings.json").write_text(json.dumps(settings))
-    return [sys.executable, "-m", "eam.cli", "finetune", "--model", "digits_flow", "--model-path", str(tiny / "base"),
+                "eam": {"ode_steps": 2, "ode_method": "euler", "n_times": 2}, **extra}
+    path = Path(str(out) + ".settings.json")
+    path.write_text(json.dumps(settings))
+    return [*launcher, "-m", "eam.cli", "finetune", "--model", "digits_flow", "--model-path", str(tiny / "base"),
             "--reward", "digit_classifier", "--reward-path", str(tiny / "digit_classifier"), "--method", "eam",
-            "--lam", "10", "--settings", str(tiny / "settings.json"), "--prompts", str(tiny / "prompts/train.jsonl"),
+            "--lam", "10", "--settings", str(path), "--prompts", str(tiny / "prompts/train.jsonl"),
             "--eval-prompts", str(tiny / "prompts/eval.jsonl"), "--out", str(out), "--quiet"]
 
 
@@ -193,3 +194,28 @@ def test_weights_of_another_model_are_a_one_line_error(tiny):
         load_reward("digit_classifier", tiny / "heldout_classifier")
     with pytest.raises(MissingWeights, match="no weights folder given"):
         load_reward("digit_clip", None)
+
+
+@pytest.mark.parametrize("method", ["am", "eam"])
+def test_two_process_data_parallel_equals_one_process(tiny, tmp_path, method):
+    """torchrun with 2 CPU processes (gloo), each computing one of the batch's 2 shards, gives the
+    weights and the logged losses of one process computing both shards (same global batch)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    extra = {"shards": 2, "am": {"n_steps": 4, "n_last": 2, "n_random": 1}}
+    one = tmp_path / "one"
+    r = subprocess.run([a if a != "eam" else method for a in _finetune_cmd(tiny, one, 6, **extra)],
+                       env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    two = tmp_path / "two"
+    launcher = (sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2")
+    cmd = [a if a != "eam" else method for a in _finetune_cmd(tiny, two, 6, launcher=launcher, **extra)]
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert json.loads((two / "summary.json").read_text())["processes"] == 2
+    rows1, rows2 = ([json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines()] for d in (one, two))
+    assert [r["iter"] for r in rows2] == list(range(7))
+    for a, b in zip(rows1[1:], rows2[1:]):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-5) and b["nfe_total"] == a["nfe_total"]
+    m1, m2 = DigitsFlow.load(one), DigitsFlow.load(two)
+    for (k, va), vb in zip(m1.state_dict().items(), m2.state_dict().values()):
+        torch.testing.assert_close(vb, va, rtol=1e-5, atol=1e-6, msg=k)
