@@ -19,7 +19,7 @@ if ! command -v slurmctld >/dev/null || ! command -v slurmd >/dev/null || ! comm
 fi
 
 cleanup() {
-  for pidfile in "$WORK/slurmd.pid" "$WORK/slurmctld.pid" "$WORK/munged.pid"; do
+  for pidfile in "$WORK/slurmd.pid" "$WORK/slurmctld.pid" /run/munge/eam-ci.pid; do
     [ -s "$pidfile" ] && kill "$(cat "$pidfile")" 2>/dev/null || true
   done
 }
@@ -30,8 +30,9 @@ install -d -o munge -g munge -m 0700 /etc/munge /var/lib/munge /var/log/munge
 install -d -o munge -g munge -m 0755 /run/munge
 [ -s /etc/munge/munge.key ] || dd if=/dev/urandom of=/etc/munge/munge.key bs=1024 count=1 status=none
 chown munge:munge /etc/munge/munge.key && chmod 0400 /etc/munge/munge.key
-runuser -u munge -- /usr/sbin/munged --force --pid-file="$WORK/munged.pid" --log-file="$WORK/munged.log" \
-  || fail "munged did not start"
+rm -f /run/munge/eam-ci.pid
+runuser -u munge -- /usr/sbin/munged --force --pid-file=/run/munge/eam-ci.pid --log-file=/var/log/munge/eam-ci.log \
+  || fail "munged did not start: $(tail -n 3 /var/log/munge/eam-ci.log 2>/dev/null)"
 timeout 10 bash -c 'until munge -n | unmunge >/dev/null 2>&1; do sleep 0.2; done' || fail "munge does not answer"
 
 # slurm.conf: this machine as node "localhost", one partition; no accounting database, so jobs
@@ -78,7 +79,7 @@ cp -r "$ROOT/Snakefile" "$ROOT/workflow" "$ROOT/config" "$ROOT/profiles" "$RUN/"
 cp -r "$ROOT/tests/data" "$RUN/tests/"
 cd "$RUN"
 # no slurmdbd here: query squeue, not sacct (the profile's default, for clusters with accounting)
-timeout 1500 snakemake --profile profiles/slurm --configfile tests/data/tiny_config.yaml all \
+timeout 1500 snakemake all --profile profiles/slurm --configfile tests/data/tiny_config.yaml \
   --slurm-status-command squeue --slurm-init-seconds-before-status-checks 5 --slurm-no-account \
   > "$WORK/snakemake.log" 2>&1 || fail "snakemake through SLURM failed (exit $?)"
 
