@@ -136,6 +136,24 @@ def _finetune(args):
           f"{s['wall_clock_s']:.0f} s -> {args.out}")
 
 
+def _bench(args):
+    from .bench import bench
+    from .finetune import FinetuneConfig
+
+    settings = _load_yaml(args.settings) if args.settings else {}
+    if not isinstance(settings, dict):
+        raise ValueError(f"{args.settings} must be a mapping of fine-tuning settings")
+    settings.update({"lam": args.lam, "method": "eam"})
+    if args.batch:
+        settings["batch"] = args.batch
+    if args.guidance_scale is not None:
+        settings["guidance_scale"] = args.guidance_scale
+    r = bench(FinetuneConfig.from_dict(settings), args.model, args.model_path, args.reward, args.reward_path,
+              args.prompts, args.warmup, args.repeats, args.out, args.device)
+    print(f"AM/EAM per iteration: measured {r['am_over_eam']['measured']:.2f}x, floor {r['am_over_eam']['floor']:.2f}x "
+          f"-> {args.out}/bench.md")
+
+
 def _sample(args):
     from .evaluate import sample
 
@@ -233,6 +251,22 @@ def build_parser() -> argparse.ArgumentParser:
                     help="auto: continue from the newest valid checkpoint in OUT.work/ (default); never: start over")
     ft.add_argument("--quiet", action="store_true")
     ft.set_defaults(func=_finetune)
+
+    bp = sub.add_parser("bench", help="per-iteration cost of AM and EAM against the cost-model floor")
+    bp.add_argument("--model", required=True)
+    bp.add_argument("--model-path", required=True)
+    bp.add_argument("--reward", required=True)
+    bp.add_argument("--reward-path", default=None)
+    bp.add_argument("--prompts", required=True, help="prepared prompts (train.jsonl)")
+    bp.add_argument("--settings", help="fine-tuning settings YAML (batch, model:, am:, eam:)")
+    bp.add_argument("--batch", type=int, default=None)
+    bp.add_argument("--lam", type=float, default=10.0)
+    bp.add_argument("--guidance-scale", type=float, default=None)
+    bp.add_argument("--warmup", type=int, default=2)
+    bp.add_argument("--repeats", type=int, default=5)
+    bp.add_argument("--device", default="auto")
+    bp.add_argument("--out", required=True, help="folder for bench.json, bench.md, bench.png")
+    bp.set_defaults(func=_bench)
 
     sp = sub.add_parser("sample", help="samples of fixed seeds per evaluation prompt")
     sp.add_argument("--model", required=True)

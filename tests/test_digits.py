@@ -219,3 +219,26 @@ def test_two_process_data_parallel_equals_one_process(tiny, tmp_path, method):
     m1, m2 = DigitsFlow.load(one), DigitsFlow.load(two)
     for (k, va), vb in zip(m1.state_dict().items(), m2.state_dict().values()):
         torch.testing.assert_close(vb, va, rtol=1e-5, atol=1e-6, msg=k)
+
+
+def test_bench_counts_and_floor(tiny, tmp_path):
+    """`eam bench` on the tiny digits model: finite times, and NFEs per iteration equal to the method
+    doc's cost model for the settings (AM: N forwards + N base VJPs + 1 reward VJP + |K| train rows;
+    EAM: 2K Heun forwards + 1 reward VJP + 1 base forward + M train rows, per sample)."""
+    from eam.bench import bench
+
+    cfg = FinetuneConfig.from_dict({"batch": 4, "am": {"n_steps": 6, "n_last": 2, "n_random": 2},
+                                    "eam": {"ode_steps": 3, "ode_method": "heun", "n_times": 2}})
+    r = bench(cfg, "digits_flow", tiny / "base", "digit_classifier", tiny / "digit_classifier",
+              tiny / "prompts/train.jsonl", warmup=1, repeats=2, out=tmp_path)
+    am, eam = r["methods"]["am"], r["methods"]["eam"]
+    assert am["nfe_per_iter"] == {"model_fwd": 24, "model_train": 16, "base_fwd": 0, "base_vjp": 24, "reward_vjp": 4}
+    assert eam["nfe_per_iter"] == {"model_fwd": 24, "model_train": 8, "base_fwd": 4, "base_vjp": 0, "reward_vjp": 4}
+    for v in (am, eam):
+        w = v["wall_clock_s"]
+        assert 0 < w["min"] <= w["median"] <= w["max"] and v["floor_s"] > 0 and v["peak_memory_mb"] > 0
+    units = r["unit_cost_s_per_sample"]
+    assert am["floor_s"] == pytest.approx(24 * units["forward"] + 24 * units["vjp"] + 4 * units["reward_vjp"]
+                                          + 16 * units["train"])
+    assert r["am_over_eam"]["nfe"] == pytest.approx(68 / 40)
+    assert {"bench.json", "bench.md", "bench.png"} <= {p.name for p in tmp_path.iterdir()}
