@@ -1,27 +1,34 @@
 """`eam bench`: the per-iteration cost of AM and EAM on one model adapter, reward and shape, against
-the floor of method.md's cost model.
+the floor of method.md's cost model, and the measured effect of the speed knobs.
 
 For each method: W warm-up and R measured training iterations (loss, backward, optimiser step) on the
 same batch, recording wall-clock (median, min, max), function evaluations by kind and peak memory
-(accelerator memory on a GPU, the process's peak resident set on the CPU). The floor prices each
-iteration's evaluations at unit costs measured on the same model and batch: one sampling forward,
-one base VJP, one reward VJP and one training forward+backward per sample, so that
-floor = Σ_kind NFE_kind × unit_cost_kind (AM: N forwards + N base VJPs + 1 reward VJP + |K| train rows;
-EAM: K forwards + 1 reward VJP + 1 base forward + M train rows). measured / floor is the overhead
-that is ours; the AM/EAM ratio is reported next to the floor ratio. Unit costs are measured on a
-call of batch B, so a loss that evaluates more rows in one call (AM's |K|·B training rows) can come in
-slightly under its floor.
+(allocated accelerator memory on a GPU; on the CPU the growth of the resident set during the measured
+iterations). The floor prices each iteration's evaluations at unit costs measured on the same model
+and batch: one sampling forward, one base VJP, one reward VJP and one training forward+backward per
+sample, so that floor = Σ_kind NFE_kind × unit_cost_kind (AM: N forwards + N base VJPs + 1 reward VJP
++ |K| train rows; EAM: K forwards + 1 reward VJP + 1 base forward + M train rows). measured / floor is
+the overhead that is ours; the AM/EAM ratio is reported next to the floor ratio. Unit costs are
+measured on a call of batch B, so a loss that evaluates more rows in one call (AM's |K|·B training
+rows) can come in slightly under its floor.
+
+Knobs are named sets of setting overrides (`model.precision: bf16`, `eam.times_per_forward: 1`, ...);
+each is run like the baseline and reported relative to it. With `profile`, one more iteration of each
+method runs under torch.profiler: time per phase of the loss (the ranges named in `losses.PHASES`)
+against that phase's floor, and the top operators by self time.
 """
 from __future__ import annotations
 
-import resource
+import copy
+import gc
 import statistics
+import threading
 import time
 from pathlib import Path
 
 import torch
 
-from .finetune import FinetuneConfig, _build
+from .finetune import FinetuneConfig, _build, resolve_device
 from .io import atomic_path, write_json, write_text
 from .losses import am_loss, eam_loss
 from .prompts import PromptBatch, load_prompt_set
@@ -30,6 +37,8 @@ from .rewards import reward_grad
 
 UNIT_OF = {"model_fwd": "forward", "base_fwd": "forward", "base_vjp": "vjp", "reward_vjp": "reward_vjp",
            "model_train": "train"}
+PHASE_OF = {"model_fwd": "sample", "base_fwd": "base_fwd", "base_vjp": "base_vjp", "reward_vjp": "reward_vjp",
+            "model_train": "train"}  # the loss's profiler range(s) that spend each kind of NFE
 
 
 def _sync(device):
@@ -76,61 +85,178 @@ def unit_costs(model, base, reward, x, cond, device, repeats: int = 3) -> dict:
     return {k: v / B for k, v in costs.items()}
 
 
-def _peak_memory_mb(device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
+class PeakMemory:
+    """Peak memory over a block, in MiB: allocated accelerator memory on a GPU (weights included);
+    on the CPU the growth of the resident set above its level at entry, sampled every 2 ms."""
+
+    def __init__(self, device: torch.device):
+        self.device, self.mb = device, 0.0
+
+    @property
+    def kind(self) -> str:
+        return "peak GPU memory allocated" if self.device.type == "cuda" else "peak RSS growth during the iterations"
+
+    def __enter__(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            return self
+        import psutil
+
+        proc, self._stop = psutil.Process(), threading.Event()
+        self._start = self._peak = proc.memory_info().rss
+
+        def sample():
+            while not self._stop.wait(0.002):
+                self._peak = max(self._peak, proc.memory_info().rss)
+
+        self._thread = threading.Thread(target=sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.mb = torch.cuda.max_memory_allocated(self.device) / 2**20
+        else:
+            self._stop.set()
+            self._thread.join()
+            self.mb = (self._peak - self._start) / 2**20
 
 
-def bench(cfg: FinetuneConfig, model_name: str, model_path, reward_name: str, reward_path, prompts, warmup: int,
-          repeats: int, out, device: str = "auto") -> dict:
-    """Run the benchmark and write bench.json, bench.md and bench.png under `out`."""
-    if warmup < 0 or repeats < 1:
-        raise ValueError(f"bench needs warmup >= 0 and repeats >= 1, got {warmup} and {repeats}")
-    dev = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
+def with_overrides(settings: dict, overrides: dict) -> dict:
+    """Settings with dotted-key overrides applied (`model.precision`, `eam.ode_steps`, `batch`)."""
+    out = copy.deepcopy(settings)
+    for key, value in overrides.items():
+        *path, leaf = str(key).split(".")
+        node = out
+        for part in path:
+            if node.get(part) is None:
+                node[part] = {}
+            node = node[part]
+            if not isinstance(node, dict):
+                raise ValueError(f"knob setting {key!r}: {part} is not a section")
+        node[leaf] = value
+    return out
+
+
+def knob_methods(overrides: dict) -> tuple[str, ...]:
+    """The methods a knob affects: `am.*`-only knobs run AM, `eam.*`-only knobs EAM, others both."""
+    sections = {str(k).split(".")[0] for k in overrides}
+    return ("am",) if sections == {"am"} else ("eam",) if sections == {"eam"} else ("am", "eam")
+
+
+def _iteration(method, cfg, model, base, reward, x0, cond, ref, opt):
+    if method == "am":
+        o = am_loss(model, base, reward, cfg.lam, x0, cfg.am, cond)
+    else:
+        o = eam_loss(model, base, reward, cfg.lam, x0, ref, cfg.eam, cond)
+    opt.zero_grad(set_to_none=True)
+    o.backward()
+    opt.step()
+    return o
+
+
+def _profile(method, cfg, model, base, reward, x0, cond, ref, opt, dev, out: Path) -> dict:
+    """One iteration under torch.profiler: seconds per loss phase, and the top operators to a text file."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from .losses import PHASES
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
+    with profile(activities=acts) as prof:
+        _iteration(method, cfg, model, base, reward, x0, cond, ref, opt)
+        _sync(dev)
+    events = prof.key_averages()
+    attr = "device_time_total" if dev.type == "cuda" else "cpu_time_total"
+    phases = {e.key: getattr(e, attr) / 1e6 for e in events if e.key in PHASES}
+    phases["train"] = phases.pop("train_fwd", 0.0) + phases.pop("train_bwd", 0.0)
+    sort = "self_device_time_total" if dev.type == "cuda" else "self_cpu_time_total"
+    write_text(out / f"profile_{method}.txt", events.table(sort_by=sort, row_limit=25) + "\n")
+    return phases
+
+
+def _run(settings: dict, methods, names, prompts, warmup: int, repeats: int, dev, units: bool, profile_dir=None) -> dict:
+    """Build the models for one group of settings and measure the given methods on them."""
+    cfg = FinetuneConfig.from_dict(settings)
+    model_name, model_path, reward_name, reward_path = names
     torch.manual_seed(cfg.seed)
     base, model, reward = _build(model_name, model_path, reward_name, reward_path, cfg, dev)
     records = load_prompt_set(prompts)
     cond = PromptBatch.from_records([records[i % len(records)] for i in range(cfg.batch)]).to(dev)
     x0 = torch.randn(cfg.batch, *model.sample_shape, generator=torch.Generator().manual_seed(cfg.seed)).to(dev)
     ref = LinearReference(model.interpolant)
-    units = unit_costs(model, base, reward, x0, cond, dev)
-    result = {"model": model_name, "reward": reward_name, "device": torch.cuda.get_device_name(dev) if dev.type == "cuda"
-              else f"cpu ({torch.get_num_threads()} threads)", "batch": cfg.batch, "shape": list(model.sample_shape),
-              "precision": cfg.model.get("precision", "fp32"), "guidance_scale": cfg.guidance_scale,
-              "warmup": warmup, "repeats": repeats, "unit_cost_s_per_sample": units, "methods": {}}
-    for method in ("am", "eam"):
+    res = {"cfg": cfg, "shape": list(model.sample_shape), "methods": {}}
+    if units:
+        res["units"] = unit_costs(model, base, reward, x0, cond, dev)
+    for method in methods:
         opt = torch.optim.Adam(model.trainable_parameters(), lr=0.0)  # lr 0: every iteration costs the same
-        if dev.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(dev)
-        times, nfe = [], None
-        for i in range(warmup + repeats):
-            _sync(dev)
-            t0 = time.perf_counter()
-            if method == "am":
-                o = am_loss(model, base, reward, cfg.lam, x0, cfg.am, cond)
-            else:
-                o = eam_loss(model, base, reward, cfg.lam, x0, ref, cfg.eam, cond)
-            opt.zero_grad(set_to_none=True)
-            o.loss.backward()
-            opt.step()
-            _sync(dev)
-            if i >= warmup:
+        for _ in range(warmup):
+            _iteration(method, cfg, model, base, reward, x0, cond, ref, opt)
+        times = []
+        with PeakMemory(dev) as mem:
+            for _ in range(repeats):
+                _sync(dev)
+                t0 = time.perf_counter()
+                o = _iteration(method, cfg, model, base, reward, x0, cond, ref, opt)
+                _sync(dev)
                 times.append(time.perf_counter() - t0)
-                nfe = o.nfe
         if not torch.isfinite(o.loss):
             raise FloatingPointError(f"non-finite {method} loss in the benchmark; check the model and reward")
-        floor = sum(n * units[UNIT_OF[k]] for k, n in nfe.items())
-        median = statistics.median(times)
-        result["methods"][method] = {
-            "wall_clock_s": {"median": median, "min": min(times), "max": max(times)},
-            "nfe_per_iter": dict(nfe), "nfe_per_iter_total": sum(nfe.values()),
-            "floor_s": floor, "measured_over_floor": median / floor, "peak_memory_mb": _peak_memory_mb(dev)}
+        r = {"wall_clock_s": {"median": statistics.median(times), "min": min(times), "max": max(times)},
+             "nfe_per_iter": dict(o.nfe), "nfe_per_iter_total": sum(o.nfe.values()),
+             "peak_memory_mb": mem.mb, "memory_kind": mem.kind}
+        if profile_dir is not None:
+            r["profile_phase_s"] = _profile(method, cfg, model, base, reward, x0, cond, ref, opt, dev, profile_dir)
+        res["methods"][method] = r
+    del base, model, reward
+    gc.collect()
+    if dev.type == "cuda":
+        torch.cuda.empty_cache()
+    return res
+
+
+def bench(settings: dict, model_name: str, model_path, reward_name: str, reward_path, prompts, warmup: int,
+          repeats: int, out, device: str = "auto", knobs: dict | None = None, profile: bool = False) -> dict:
+    """Run the benchmark (baseline settings, then each knob) and write bench.json, bench.md and
+    bench.png (and profile_{am,eam}.txt with `profile`) under `out`."""
+    if warmup < 0 or repeats < 1:
+        raise ValueError(f"bench needs warmup >= 0 and repeats >= 1, got {warmup} and {repeats}")
+    for name, overrides in (knobs or {}).items():
+        if not isinstance(overrides, dict) or not overrides:
+            raise ValueError(f"knob {name!r} must map setting names to values, e.g. {{model.precision: bf16}}")
+        FinetuneConfig.from_dict(with_overrides(settings, overrides))  # bad knob settings fail before any timing
+    dev = resolve_device(device)
+    out = Path(out)
+    names = (model_name, model_path, reward_name, reward_path)
+    base_run = _run(settings, ("am", "eam"), names, prompts, warmup, repeats, dev, units=True,
+                    profile_dir=out if profile else None)
+    cfg, units = base_run["cfg"], base_run["units"]
+    result = {"model": model_name, "reward": reward_name, "device": torch.cuda.get_device_name(dev) if dev.type == "cuda"
+              else f"cpu ({torch.get_num_threads()} threads)", "batch": cfg.batch, "shape": base_run["shape"],
+              "precision": cfg.model.get("precision", "fp32"), "guidance_scale": cfg.guidance_scale,
+              "settings": settings, "warmup": warmup, "repeats": repeats, "unit_cost_s_per_sample": units,
+              "methods": base_run["methods"], "knobs": []}
+    for v in result["methods"].values():
+        v["floor_s"] = sum(n * units[UNIT_OF[k]] for k, n in v["nfe_per_iter"].items())
+        v["measured_over_floor"] = v["wall_clock_s"]["median"] / v["floor_s"]
+        if "profile_phase_s" in v:
+            v["floor_phase_s"] = {}
+            for k, n in v["nfe_per_iter"].items():
+                p = PHASE_OF[k]
+                v["floor_phase_s"][p] = v["floor_phase_s"].get(p, 0.0) + n * units[UNIT_OF[k]]
     am, eam = result["methods"]["am"], result["methods"]["eam"]
     result["am_over_eam"] = {"measured": am["wall_clock_s"]["median"] / eam["wall_clock_s"]["median"],
                              "floor": am["floor_s"] / eam["floor_s"],
                              "nfe": am["nfe_per_iter_total"] / eam["nfe_per_iter_total"]}
-    out = Path(out)
+    for name, overrides in (knobs or {}).items():
+        run = _run(with_overrides(settings, overrides), knob_methods(overrides), names, prompts, warmup, repeats, dev,
+                   units=False)
+        row = {"name": name, "settings": overrides, "methods": {}}
+        for m, v in run["methods"].items():
+            row["methods"][m] = {**v, "time_vs_baseline": v["wall_clock_s"]["median"]
+                                 / result["methods"][m]["wall_clock_s"]["median"]}
+        result["knobs"].append(row)
     write_json(out / "bench.json", result)
     write_text(out / "bench.md", bench_table(result))
     _bar_chart(result, out / "bench.png")
@@ -138,10 +264,11 @@ def bench(cfg: FinetuneConfig, model_name: str, model_path, reward_name: str, re
 
 
 def bench_table(r: dict) -> str:
+    mem = next(iter(r["methods"].values()))["memory_kind"]
     lines = [f"# eam bench: {r['model']} × {r['reward']}, batch {r['batch']}, shape {r['shape']}, {r['precision']}, "
              f"CFG {r['guidance_scale']:g}, on {r['device']}",
              "", f"{r['repeats']} measured iterations after {r['warmup']} warm-up.", "",
-             "| method | s / iter (median) | min – max | floor s / iter | measured / floor | NFE / iter | peak memory MB |",
+             f"| method | s / iter (median) | min – max | floor s / iter | measured / floor | NFE / iter | {mem} MB |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
     for m, v in r["methods"].items():
         w = v["wall_clock_s"]
@@ -151,9 +278,31 @@ def bench_table(r: dict) -> str:
     ratio = r["am_over_eam"]
     lines += ["", f"AM / EAM per iteration: measured {ratio['measured']:.2f}×, floor {ratio['floor']:.2f}×, "
               f"NFEs {ratio['nfe']:.2f}×.", "",
-              "Unit costs (s per sample): " + ", ".join(f"{k} {v:.3g}" for k, v in r["unit_cost_s_per_sample"].items()),
-              "Peak memory: accelerator memory on a GPU; on the CPU the process's peak resident set so far "
-              "(AM runs first, so EAM's figure is at least AM's)."]
+              "Unit costs (s per sample): " + ", ".join(f"{k} {v:.3g}" for k, v in r["unit_cost_s_per_sample"].items())]
+    if any("profile_phase_s" in v for v in r["methods"].values()):
+        lines += ["", "## Where the time goes (one profiled iteration; floor = the phase's NFEs × unit costs)", "",
+                  "| method | phase | measured s | floor s | measured / floor |", "| --- | --- | --- | --- | --- |"]
+        for m, v in r["methods"].items():
+            for p, s in v.get("profile_phase_s", {}).items():
+                fl = v["floor_phase_s"].get(p, 0.0)
+                if s or fl:
+                    lines.append(f"| {m.upper()} | {p} | {s:.4g} | {fl:.4g} | {s / fl if fl else float('nan'):.2f} |")
+        lines += ["", "Top operators by self time: profile_am.txt, profile_eam.txt."]
+    if r["knobs"]:
+        lines += ["", "## Knobs (each alone on top of the baseline settings; time relative to the baseline)", "",
+                  f"| knob | settings | AM s / iter | EAM s / iter | AM / EAM | AM {mem} MB | EAM {mem} MB |",
+                  "| --- | --- | --- | --- | --- | --- | --- |"]
+        for k in r["knobs"]:
+            ms = k["methods"]
+
+            def cell(m, ms=ms):
+                return (f"{ms[m]['wall_clock_s']['median']:.4g} ({ms[m]['time_vs_baseline']:.2f}×)" if m in ms else "–")
+
+            ratio = (f"{ms['am']['wall_clock_s']['median'] / ms['eam']['wall_clock_s']['median']:.2f}"
+                     if {"am", "eam"} <= set(ms) else "–")
+            mems = [f"{ms[m]['peak_memory_mb']:.0f}" if m in ms else "–" for m in ("am", "eam")]
+            sets = ", ".join(f"{a}={b}" for a, b in k["settings"].items())
+            lines.append(f"| {k['name']} | {sets} | {cell('am')} | {cell('eam')} | {ratio} | {mems[0]} | {mems[1]} |")
     return "\n".join(lines) + "\n"
 
 
@@ -163,7 +312,8 @@ def _bar_chart(r: dict, path: Path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
+    panels = 3 if r["knobs"] else 2
+    fig, axes = plt.subplots(1, panels, figsize=(5 * panels, 4.2), constrained_layout=True)
     names = [m.upper() for m in r["methods"]]
     med = [v["wall_clock_s"]["median"] for v in r["methods"].values()]
     err = [[m - v["wall_clock_s"]["min"] for m, v in zip(med, r["methods"].values())],
@@ -173,7 +323,7 @@ def _bar_chart(r: dict, path: Path):
     axes[0].bar([x + 0.2 for x in xs], [v["floor_s"] for v in r["methods"].values()], 0.4, label="cost-model floor (NFEs × unit costs)")
     axes[0].set(xticks=list(xs), xticklabels=names, ylabel="seconds per iteration",
                 title=f"AM/EAM {r['am_over_eam']['measured']:.2f}× (floor {r['am_over_eam']['floor']:.2f}×)")
-    axes[0].legend()
+    axes[0].legend(fontsize=8)
     bottom = [0.0] * len(names)
     for kind in ("model_fwd", "base_fwd", "base_vjp", "reward_vjp", "model_train"):
         vals = [v["nfe_per_iter"].get(kind, 0) for v in r["methods"].values()]
@@ -181,7 +331,17 @@ def _bar_chart(r: dict, path: Path):
         bottom = [b + v for b, v in zip(bottom, vals)]
     axes[1].set(ylabel="NFEs per iteration (sample-evaluations)", title="function evaluations by kind")
     axes[1].legend(fontsize=8)
-    fig.suptitle(f"{r['model']} × {r['reward']}, batch {r['batch']}, {r['device']}")
+    if r["knobs"]:
+        ax, labels = axes[2], [k["name"] for k in r["knobs"]]
+        for j, (m, color) in enumerate((("am", "tab:blue"), ("eam", "tab:orange"))):
+            vals = [k["methods"][m]["time_vs_baseline"] if m in k["methods"] else 0.0 for k in r["knobs"]]
+            ax.barh([i + (j - 0.5) * 0.4 for i in range(len(labels))], vals, 0.4, color=color, label=m.upper())
+        ax.axvline(1.0, color="k", lw=0.8)
+        ax.set(yticks=list(range(len(labels))), yticklabels=labels, xlabel="time per iteration / baseline",
+               title="knobs (< 1: faster)")
+        ax.invert_yaxis()
+        ax.legend(fontsize=8)
+    fig.suptitle(f"{r['model']} × {r['reward']}, batch {r['batch']}, {r['precision']}, {r['device']}")
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=120, format="png")
     plt.close(fig)

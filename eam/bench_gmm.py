@@ -185,7 +185,7 @@ def run(case: GMMCase, method: str, cfg: GMMTrainConfig, seed: int = 0, progress
             else:
                 out = eam_loss(model, base, reward, case.lam, x0, ref, cfg.eam, exact_score=case.mixture.score)
             opt.zero_grad(set_to_none=True)
-            out.loss.backward()
+            out.backward()
             if cfg.grad_clip:
                 torch.nn.utils.clip_grad_norm_(model.residual.parameters(), cfg.grad_clip)
             opt.step()

@@ -138,7 +138,6 @@ def _finetune(args):
 
 def _bench(args):
     from .bench import bench
-    from .finetune import FinetuneConfig
 
     settings = _load_yaml(args.settings) if args.settings else {}
     if not isinstance(settings, dict):
@@ -148,10 +147,25 @@ def _bench(args):
         settings["batch"] = args.batch
     if args.guidance_scale is not None:
         settings["guidance_scale"] = args.guidance_scale
-    r = bench(FinetuneConfig.from_dict(settings), args.model, args.model_path, args.reward, args.reward_path,
-              args.prompts, args.warmup, args.repeats, args.out, args.device)
+    knobs = _load_yaml(args.knobs) if args.knobs else None
+    if knobs is not None and not isinstance(knobs, dict):
+        raise ValueError(f"{args.knobs} must map knob names to settings, e.g. 'bf16: {{model.precision: bf16}}'")
+    r = bench(settings, args.model, args.model_path, args.reward, args.reward_path, args.prompts, args.warmup,
+              args.repeats, args.out, args.device, knobs=knobs, profile=args.profile)
     print(f"AM/EAM per iteration: measured {r['am_over_eam']['measured']:.2f}x, floor {r['am_over_eam']['floor']:.2f}x "
           f"-> {args.out}/bench.md")
+
+
+def _random_weights(args):
+    from .architectures import PIPELINES, random_pipeline, random_reward
+    from .finetune import resolve_device
+
+    dev = str(resolve_device(args.device))
+    if args.arch in PIPELINES:
+        random_pipeline(args.arch, args.out, seed=args.seed, with_t5=args.with_t5, device=dev)
+    else:
+        random_reward(args.arch, args.out, seed=args.seed, device=dev)
+    print(args.out)
 
 
 def _sample(args):
@@ -265,8 +279,20 @@ def build_parser() -> argparse.ArgumentParser:
     bp.add_argument("--warmup", type=int, default=2)
     bp.add_argument("--repeats", type=int, default=5)
     bp.add_argument("--device", default="auto")
+    bp.add_argument("--knobs", help="YAML mapping knob names to setting overrides, e.g. 'bf16: {model.precision: bf16}'")
+    bp.add_argument("--profile", action="store_true",
+                    help="profile one more iteration per method: time per loss phase vs its floor, top operators")
     bp.add_argument("--out", required=True, help="folder for bench.json, bench.md, bench.png")
     bp.set_defaults(func=_bench)
+
+    rw = sub.add_parser("random-weights", help="save a published architecture with random weights (for eam bench)")
+    rw.add_argument("--arch", required=True, choices=["sd3-medium", "sd15", "clipscore", "pickscore"],
+                    help="a pipeline (sd3-medium, sd15: diffusers folder) or a reward backbone (CLIP folder)")
+    rw.add_argument("--with-t5", action="store_true", help="sd3-medium: include T5-XXL (4.8 B parameters)")
+    rw.add_argument("--seed", type=int, default=0)
+    rw.add_argument("--device", default="auto", help="where to initialise (a GPU is much faster)")
+    rw.add_argument("--out", required=True)
+    rw.set_defaults(func=_random_weights)
 
     sp = sub.add_parser("sample", help="samples of fixed seeds per evaluation prompt")
     sp.add_argument("--model", required=True)

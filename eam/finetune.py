@@ -275,7 +275,7 @@ def _finetune(cfg, model_name, model_path, reward_name, reward_path, train_promp
                 o = am_loss(model, base, reward, cfg.lam, xs, cfg.am, cond, clipper=clipper, generator=g)
             else:
                 o = eam_loss(model, base, reward, cfg.lam, xs, ref, cfg.eam, cond, generator=g)
-            (o.loss / cfg.shards).backward()
+            o.backward(1 / cfg.shards)
             loss_sum += torch.tensor([o.loss.item(), float(not torch.isfinite(o.loss))], dtype=torch.float64)
             reward_sum += o.reward.double().sum().cpu()
             nfe = {k: nfe.get(k, 0) + v for k, v in o.nfe.items()}

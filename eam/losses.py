@@ -3,13 +3,15 @@
 Each loss returns a `LossOutput`: the scalar to minimise (mean over samples and loss timesteps,
 summed over coordinates), the training reward at the sampled endpoints, and the function
 evaluations it spent by kind, in network forwards per sample (a batch of B counts B, twice that
-under classifier-free guidance: `VelocityModel.cost`).
+under classifier-free guidance: `VelocityModel.cost`). Callers backpropagate with
+`LossOutput.backward()`: a loss may defer its training forwards to run them part by part there.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
 import torch
+from torch.profiler import record_function as phase  # named ranges for `eam bench --profile`
 
 from .interpolants import _bcast
 from .models import VelocityModel
@@ -18,13 +20,30 @@ from .rewards import Reward, reward_grad
 from .samplers import ode_sample, sde_sample
 
 NFE_KINDS = ("model_fwd", "model_train", "base_fwd", "base_vjp", "reward_vjp")
+PHASES = ("sample", "reward_vjp", "base_vjp", "base_fwd", "train_fwd", "train_bwd")  # profiler range names
 
 
 @dataclass
 class LossOutput:
-    loss: torch.Tensor
+    loss: torch.Tensor | None
     reward: torch.Tensor
     nfe: dict = field(default_factory=lambda: dict.fromkeys(NFE_KINDS, 0))
+    parts: list = field(default_factory=list)  # deferred loss parts (callables); their sum is the loss
+
+    def backward(self, scale: float = 1.0):
+        """Backpropagate scale × loss. Deferred parts run one at a time, each freed after its backward
+        (peak activation memory of one part); `loss` then holds the summed, detached value."""
+        if not self.parts:
+            with phase("train_bwd"):
+                (self.loss * scale).backward()
+            return
+        total = 0.0
+        for part in self.parts:
+            value = part()
+            with phase("train_bwd"):
+                (value * scale).backward()
+            total = total + value.detach()
+        self.loss, self.parts = total, []
 
 
 def _sqnorm(z: torch.Tensor) -> torch.Tensor:
@@ -117,16 +136,20 @@ def am_loss(model: VelocityModel, base: VelocityModel, reward: Reward, lam: floa
     B, N = x0.shape[0], cfg.n_steps
     offset = 1.0 / N if cfg.offset is None else cfg.offset
     out = LossOutput(None, None)
-    traj, ts, _ = sde_sample(model, x0, N, offset, cond, generator)
+    with phase("sample"):
+        traj, ts, _ = sde_sample(model, x0, N, offset, cond, generator)
     out.nfe["model_fwd"] += N * B * model.cost
-    r, grad_r = reward_grad(reward, traj[-1], cond)
+    with phase("reward_vjp"):
+        r, grad_r = reward_grad(reward, traj[-1], cond)
     out.nfe["reward_vjp"] += B
-    adj, v_base = lean_adjoint(base, traj, ts, -lam * grad_r, offset, cond)
+    with phase("base_vjp"):
+        adj, v_base = lean_adjoint(base, traj, ts, -lam * grad_r, offset, cond)
     out.nfe["base_vjp"] += N * B * base.cost
 
     ks = am_time_subset(cfg, generator)
     x_k, t_k = traj[ks].flatten(0, 1), ts[ks].repeat_interleave(B)
-    v_theta = model(x_k, t_k, _repeat_cond(cond, len(ks)))
+    with phase("train_fwd"):
+        v_theta = model(x_k, t_k, _repeat_cond(cond, len(ks)))
     out.nfe["model_train"] += len(ks) * B * model.cost
     sigma = _bcast(model.interpolant.sigma(t_k, offset), x_k)
     per = _sqnorm(2 / sigma * (v_theta - v_base[ks].flatten(0, 1)) + sigma * adj[ks].flatten(0, 1))
@@ -153,6 +176,9 @@ class EAMConfig:
     weighting: str = "u"            # "u": weight 4/σ² (u-space), "v": plain v-space regression
     t_min: float = 0.02             # loss times are stratified over [t_min, t_max]
     t_max: float = 0.98
+    times_per_forward: int | None = None  # loss timesteps per training forward: None = all M in one
+                                          # forward of B·M rows; fewer = ceil(M / n) forwards, each
+                                          # backpropagated on its own (less activation memory)
 
     def __post_init__(self):
         if self.base_score not in BASE_SCORES:
@@ -165,6 +191,8 @@ class EAMConfig:
             raise ValueError(f"EAM times need 0 < t_min < t_max < 1, got {self.t_min}, {self.t_max}")
         if self.n_times < 1 or self.ode_steps < 1:
             raise ValueError("EAM n_times and ode_steps must be at least 1")
+        if self.times_per_forward is not None and (isinstance(self.times_per_forward, bool) or self.times_per_forward < 1):
+            raise ValueError(f"EAM times_per_forward must be a positive integer or null, got {self.times_per_forward!r}")
 
 
 def base_score_endpoint(base: VelocityModel, x1: torch.Tensor, delta: float, cond=None) -> torch.Tensor:
@@ -191,14 +219,16 @@ def eam_loss(model: VelocityModel, base: VelocityModel, reward: Reward, lam: flo
     B, M = x0.shape[0], cfg.n_times
     interp = model.interpolant
     out = LossOutput(None, None)
-    x1 = ode_sample(model, x0, cfg.ode_steps, cfg.ode_method, cond)
+    with phase("sample"):
+        x1 = ode_sample(model, x0, cfg.ode_steps, cfg.ode_method, cond)
     out.nfe["model_fwd"] += cfg.ode_steps * B * (2 if cfg.ode_method == "heun" else 1) * model.cost
-    r, grad_r = reward_grad(reward, x1, cond)
+    with phase("reward_vjp"):
+        r, grad_r = reward_grad(reward, x1, cond)
     out.nfe["reward_vjp"] += B
 
     # ∇g(x_1) = ∇log p_lin - ∇log p_base - λ∇r  (§4, §5)
     if cfg.base_score == "endpoint":
-        with torch.no_grad():
+        with torch.no_grad(), phase("base_fwd"):
             grad_g = ref.score_data(x1) - base_score_endpoint(base, x1, cfg.delta, cond) - lam * grad_r
         out.nfe["base_fwd"] += B * base.cost
     elif cfg.base_score == "exact":
@@ -217,16 +247,40 @@ def eam_loss(model: VelocityModel, base: VelocityModel, reward: Reward, lam: flo
     shift = 0.5 * sigma2 * ref.phi(t, xt) * gm  # (σ²/2) Φ(t) ∇g(x_1)
     if cfg.base_score == "bridge":
         # biased ablation: the pretrained control at x_t replaces the base part of the target
-        with torch.no_grad():
+        with torch.no_grad(), phase("base_fwd"):
             target = base(xt, t, condm) - shift
         out.nfe["base_fwd"] += B * M * base.cost
     else:
         target = ref.velocity(xt, t) - shift
-    v_theta = model(xt, t, condm)
-    out.nfe["model_train"] += B * M * model.cost
     weight = 4 / sigma2.flatten() if cfg.weighting == "u" else torch.ones_like(t)
-    out.loss, out.reward = (weight * _sqnorm(v_theta - target)).mean(), r
+    out.nfe["model_train"] += B * M * model.cost
+    out.reward = r
+
+    def part(rows: slice) -> torch.Tensor:  # this part's share of the mean over all B·M rows
+        with phase("train_fwd"):
+            v_theta = model(xt[rows], t[rows], _slice_cond(condm, rows))
+        return (weight[rows] * _sqnorm(v_theta - target[rows])).sum() / (B * M)
+
+    n = cfg.times_per_forward or M
+    if n >= M:
+        out.loss = part(slice(None))
+        return out
+    # t, x_t, ... are stacked time-major (row m·B + b), so a slice of rows is a set of whole timesteps
+    out.parts = [lambda rows=slice(i * B, min(i + n, M) * B): part(rows) for i in range(0, M, n)]
+    if not torch.is_grad_enabled():
+        out.loss = sum(p() for p in out.parts)
+        out.parts = []
     return out
+
+
+def _slice_cond(cond, rows: slice):
+    """Some rows of a stacked conditioning (None, a tensor, a list, or an object with its
+    own `select(rows)` such as a PromptBatch)."""
+    if cond is None or rows == slice(None):
+        return cond
+    if isinstance(cond, (torch.Tensor, list, tuple)):
+        return cond[rows]
+    return cond.select(rows)
 
 
 def _repeat_cond(cond, n: int):

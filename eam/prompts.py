@@ -35,6 +35,10 @@ class PromptBatch:
         """The batch stacked n times (matches `x.repeat(n, ...)` of the samples)."""
         return PromptBatch(self.texts * n, None if self.labels is None else self.labels.repeat(n))
 
+    def select(self, rows: slice) -> "PromptBatch":
+        """A contiguous part of the batch."""
+        return PromptBatch(self.texts[rows], None if self.labels is None else self.labels[rows])
+
     def to(self, device) -> "PromptBatch":
         return PromptBatch(self.texts, None if self.labels is None else self.labels.to(device))
 

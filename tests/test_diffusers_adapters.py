@@ -185,3 +185,39 @@ def test_bf16_with_gradient_checkpointing_trains_lora_in_fp32(dirs, name):
             assert next(p for n, p in model.denoiser.named_parameters() if "lora_" not in n).dtype == torch.bfloat16
     assert torch.isfinite(torch.tensor(losses["bf16"]))
     assert abs(losses["bf16"] - losses["fp32"]) < 0.1 * abs(losses["fp32"])
+
+
+@pytest.mark.parametrize("name", ["sd3", "sd15"])
+def test_gradient_checkpointing_and_channels_last_keep_the_loss_and_gradient(dirs, name):
+    """With LoRA the base is the model with its adapter off: a checkpointed recompute during AM's
+    base VJPs must not see the adapter back on. Same AM/EAM losses and LoRA gradients with
+    gradient checkpointing or channels-last as without (the LoRA B matrices are perturbed so
+    model and base differ)."""
+    reward = load_reward("pickscore", dirs["pickscore"])
+    results = {}
+    for variant in ({}, {"gradient_checkpointing": True}, {"channels_last": True}):
+        torch.manual_seed(1)  # the LoRA A matrices are drawn when the adapter is added
+        base, model = lookup("model", name).pair(dirs[name], resolution=16, lora=LORA, **variant)
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                if "lora_B" in n:
+                    p.normal_(0, 0.05)
+        x0 = torch.randn(2, *model.sample_shape, generator=torch.Generator().manual_seed(0))
+        for method in ("am", "eam"):
+            model.zero_grad()
+            rew = OnDecoded(reward, model.decode)
+            if method == "am":
+                o = am_loss(model, base, rew, 2.0, x0, AMConfig(n_steps=4, n_last=2, n_random=1), PROMPTS,
+                            generator=torch.Generator().manual_seed(0))
+            else:
+                o = eam_loss(model, base, rew, 2.0, x0, LinearReference(model.interpolant),
+                             EAMConfig(ode_steps=2, n_times=2), PROMPTS, generator=torch.Generator().manual_seed(0))
+            o.backward()
+            grad = torch.cat([p.grad.flatten() for n, p in model.named_parameters() if "lora_" in n])
+            results.setdefault(method, []).append((o.loss.item(), grad))
+    for method, runs in results.items():
+        loss0, grad0 = runs[0]
+        assert grad0.abs().sum() > 0
+        for loss, grad in runs[1:]:
+            assert abs(loss - loss0) <= 1e-4 * abs(loss0), method
+            torch.testing.assert_close(grad, grad0, rtol=1e-3, atol=1e-5 * grad0.abs().max().item())

@@ -2,6 +2,7 @@
 registry, one-line errors for missing weights, reward gradients against finite differences, AM and
 EAM steps that train only the model, and a killed fine-tuning job that resumes to the same result."""
 import json
+import math
 import os
 import signal
 import subprocess
@@ -221,24 +222,38 @@ def test_two_process_data_parallel_equals_one_process(tiny, tmp_path, method):
         torch.testing.assert_close(vb, va, rtol=1e-5, atol=1e-6, msg=k)
 
 
-def test_bench_counts_and_floor(tiny, tmp_path):
+def test_bench_counts_floor_and_knobs(tiny, tmp_path):
     """`eam bench` on the tiny digits model: finite times, and NFEs per iteration equal to the method
     doc's cost model for the settings (AM: N forwards + N base VJPs + 1 reward VJP + |K| train rows;
-    EAM: 2K Heun forwards + 1 reward VJP + 1 base forward + M train rows, per sample)."""
+    EAM: 2K Heun forwards + 1 reward VJP + 1 base forward + M train rows, per sample); a knob runs
+    only the methods its settings touch, with its own counts; the profiled phases add up to no more
+    than an iteration."""
     from eam.bench import bench
 
-    cfg = FinetuneConfig.from_dict({"batch": 4, "am": {"n_steps": 6, "n_last": 2, "n_random": 2},
-                                    "eam": {"ode_steps": 3, "ode_method": "heun", "n_times": 2}})
-    r = bench(cfg, "digits_flow", tiny / "base", "digit_classifier", tiny / "digit_classifier",
-              tiny / "prompts/train.jsonl", warmup=1, repeats=2, out=tmp_path)
+    settings = {"batch": 4, "am": {"n_steps": 6, "n_last": 2, "n_random": 2},
+                "eam": {"ode_steps": 3, "ode_method": "heun", "n_times": 2}}
+    knobs = {"K=2 Euler": {"eam.ode_steps": 2, "eam.ode_method": "euler"}, "batch 8": {"batch": 8}}
+    r = bench(settings, "digits_flow", tiny / "base", "digit_classifier", tiny / "digit_classifier",
+              tiny / "prompts/train.jsonl", warmup=1, repeats=2, out=tmp_path, knobs=knobs, profile=True)
     am, eam = r["methods"]["am"], r["methods"]["eam"]
     assert am["nfe_per_iter"] == {"model_fwd": 24, "model_train": 16, "base_fwd": 0, "base_vjp": 24, "reward_vjp": 4}
     assert eam["nfe_per_iter"] == {"model_fwd": 24, "model_train": 8, "base_fwd": 4, "base_vjp": 0, "reward_vjp": 4}
     for v in (am, eam):
         w = v["wall_clock_s"]
-        assert 0 < w["min"] <= w["median"] <= w["max"] and v["floor_s"] > 0 and v["peak_memory_mb"] > 0
+        assert 0 < w["min"] <= w["median"] <= w["max"] and v["floor_s"] > 0 and v["peak_memory_mb"] >= 0
+        phases = v["profile_phase_s"]
+        assert set(phases) >= {"sample", "reward_vjp", "train"} and all(s >= 0 for s in phases.values())
+        assert 0 < sum(phases.values()) < 10 * w["max"]  # ranges nest in one iteration (profiling slows it)
     units = r["unit_cost_s_per_sample"]
     assert am["floor_s"] == pytest.approx(24 * units["forward"] + 24 * units["vjp"] + 4 * units["reward_vjp"]
                                           + 16 * units["train"])
     assert r["am_over_eam"]["nfe"] == pytest.approx(68 / 40)
-    assert {"bench.json", "bench.md", "bench.png"} <= {p.name for p in tmp_path.iterdir()}
+    euler, b8 = r["knobs"]
+    assert set(euler["methods"]) == {"eam"} and euler["methods"]["eam"]["nfe_per_iter"]["model_fwd"] == 8
+    assert set(b8["methods"]) == {"am", "eam"} and b8["methods"]["am"]["nfe_per_iter"]["base_vjp"] == 48
+    assert all(math.isfinite(v["time_vs_baseline"]) and v["time_vs_baseline"] > 0
+               for k in r["knobs"] for v in k["methods"].values())
+    assert {"bench.json", "bench.md", "bench.png", "profile_am.txt", "profile_eam.txt"} <= {p.name for p in tmp_path.iterdir()}
+    with pytest.raises(ValueError, match="unknown eam setting 'odesteps'"):
+        bench(settings, "digits_flow", tiny / "base", "digit_classifier", tiny / "digit_classifier",
+              tiny / "prompts/train.jsonl", warmup=0, repeats=1, out=tmp_path, knobs={"typo": {"eam.odesteps": 2}})

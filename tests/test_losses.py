@@ -61,3 +61,28 @@ def test_gradients_reach_only_the_trainable_residual():
         assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.residual.parameters())
     assert not any(p.requires_grad for p in base.parameters()) and not any(
         p.requires_grad for p in model.base.parameters())
+
+
+def test_eam_loss_by_parts_has_the_gradient_of_one_forward():
+    """times_per_forward < M runs the M loss timesteps in several forwards, each backpropagated on
+    its own: the same loss value and gradient as one forward of all B·M rows, the same NFE count."""
+    mix, base, model = _models()
+    reward, ref, x0 = LinearReward([1.0, -0.5]), LinearReference(RectifiedFlow()), torch.randn(6, 2)
+    grads, losses, nfes = [], [], []
+    for n in (None, 3, 1):
+        model.zero_grad()
+        out = eam_loss(model, base, reward, 1.0, x0, ref, EAMConfig(ode_steps=4, n_times=8, times_per_forward=n),
+                       generator=torch.Generator().manual_seed(0))
+        assert (out.loss is None) == (n is not None) and len(out.parts) == {None: 0, 3: 3, 1: 8}[n]
+        out.backward(0.5)
+        losses.append(out.loss.item())
+        grads.append(torch.cat([p.grad.flatten() for p in model.residual.parameters()]))
+        nfes.append(out.nfe)
+    assert grads[0].abs().sum() > 0 and all(nfe == nfes[0] for nfe in nfes)
+    for loss, grad in zip(losses[1:], grads[1:]):
+        assert abs(loss - losses[0]) < 1e-5 * abs(losses[0])
+        torch.testing.assert_close(grad, grads[0], rtol=1e-5, atol=1e-7)
+    with torch.no_grad():  # without autograd the parts are summed at once
+        out = eam_loss(model, base, reward, 1.0, x0, ref, EAMConfig(ode_steps=4, n_times=8, times_per_forward=3),
+                       generator=torch.Generator().manual_seed(0))
+    assert not out.parts and abs(out.loss.item() - losses[0]) < 1e-5 * abs(losses[0])

@@ -53,6 +53,8 @@ class DiffusersOptions:
     negative_prompt: str = ""              # the unconditional prompt of CFG
     max_sequence_length: int = 256         # T5 tokens (SD3)
     drop_t5: bool = False                  # SD3 without its T5 encoder (zeros in its place)
+    compile: bool = False                  # torch.compile the denoiser(s) for training (`pair`)
+    channels_last: bool = False            # NHWC memory format for the denoiser, VAE and latents
 
     @classmethod
     def from_dict(cls, d: dict | None) -> "DiffusersOptions":
@@ -117,6 +119,9 @@ class DiffusersVelocity(VelocityModel):
             self.denoiser.float().requires_grad_(True)
         if options.gradient_checkpointing:
             self.denoiser.enable_gradient_checkpointing()
+        if options.channels_last:
+            self.denoiser.to(memory_format=torch.channels_last)
+            pipe.vae.to(memory_format=torch.channels_last)
         f = pipe.vae_scale_factor
         if options.resolution % f:
             raise ValueError(f"resolution {options.resolution} is not a multiple of the VAE's factor {f}")
@@ -189,7 +194,7 @@ class DiffusersVelocity(VelocityModel):
         vae = self.pipe.vae
         z = x / vae.config.scaling_factor + (getattr(vae.config, "shift_factor", None) or 0.0)
         with self.autocast():
-            img = vae.decode(z.to(vae.dtype)).sample
+            img = vae.decode(self.latents(z)).sample  # the VAE is loaded in `precision` too
         return (img.to(x.dtype) / 2 + 0.5).clamp(0, 1)
 
     def frozen_base(self) -> "FrozenBase":
@@ -202,7 +207,17 @@ class DiffusersVelocity(VelocityModel):
     @classmethod
     def pair(cls, path, guidance_scale: float = 1.0, **options):
         model = cls.load(path, guidance_scale=guidance_scale, **options).train()
-        return model.frozen_base(), model
+        base = model.frozen_base()
+        if model.options.compile:  # after the base copy: each denoiser gets its own compiled forward
+            for denoiser in (model.denoiser, base.denoiser):  # base.denoiser is None under LoRA
+                if denoiser is not None:
+                    denoiser.compile()
+        return base, model
+
+    def latents(self, x: torch.Tensor) -> torch.Tensor:
+        """x in the denoiser's dtype and memory format."""
+        x = x.to(self.dtype)
+        return x.contiguous(memory_format=torch.channels_last) if self.options.channels_last else x
 
     # -- files -----------------------------------------------------------------------------------
     @classmethod
@@ -273,11 +288,18 @@ class FrozenBase(VelocityModel):
         model = self._model[0]
         if self.denoiser is not None:
             return model.guided_velocity(self.denoiser, x, t, cond)
+        # With gradient checkpointing, a VJP through this call would recompute the forward after the
+        # adapter is back on; the base's own (one-step) VJP graph is kept whole instead.
+        recompute = torch.is_grad_enabled() and model.denoiser.is_gradient_checkpointing
         model.denoiser.disable_adapters()
+        if recompute:
+            model.denoiser.disable_gradient_checkpointing()
         try:
             return model.guided_velocity(model.denoiser, x, t, cond)
         finally:
             model.denoiser.enable_adapters()
+            if recompute:
+                model.denoiser.enable_gradient_checkpointing()
 
 
 def _jsonable(d):

@@ -44,7 +44,7 @@ class StableDiffusion15(DiffusersVelocity):
 
     def predict(self, denoiser, x, t, emb):
         interp = self.interpolant
-        out = denoiser(x.to(self.dtype), interp.timestep(t), encoder_hidden_states=emb[0]).sample.float()
+        out = denoiser(self.latents(x), interp.timestep(t), encoder_hidden_states=emb[0]).sample.float()
         kind = self.pipe.scheduler.config.prediction_type
         if kind == "v_prediction":  # diffusers' v = α ε - β x_0  →  x_0 = α x - β v
             a, b = (c.view(-1, 1, 1, 1) for c in interp.coefficients(t)[:2])

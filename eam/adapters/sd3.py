@@ -38,6 +38,6 @@ class StableDiffusion3(DiffusersVelocity):
 
     def predict(self, denoiser, x, t, emb):
         seq, pooled = emb
-        out = denoiser(hidden_states=x.to(self.dtype), timestep=(1 - t) * 1000, encoder_hidden_states=seq,
+        out = denoiser(hidden_states=self.latents(x), timestep=(1 - t) * 1000, encoder_hidden_states=seq,
                        pooled_projections=pooled).sample
         return -out

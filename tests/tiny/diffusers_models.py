@@ -7,21 +7,7 @@ from pathlib import Path
 
 import torch
 
-from .hf import CHARS, clip_tokenizer
-
-
-def t5_tokenizer(directory):
-    """A T5 tokenizer (fast, tokenizers-backed) with a character-level unigram vocabulary."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
-    from transformers import T5TokenizerFast
-
-    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)] + [(c, -2.0) for c in CHARS] + [("▁" + c, -1.0) for c in CHARS]
-    tk = Tokenizer(models.Unigram(pieces, unk_id=2))
-    tk.pre_tokenizer = pre_tokenizers.Metaspace()
-    tk.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
-    tok = T5TokenizerFast(tokenizer_object=tk, eos_token="</s>", pad_token="<pad>", unk_token="<unk>", extra_ids=0)
-    tok.save_pretrained(directory)
-    return tok
+from eam.architectures import clip_tokenizer, t5_tokenizer
 
 
 def _clip_text(cls, tok, hidden, projection, seed):

@@ -2,28 +2,9 @@
 saved in the real file formats and layouts, so the real loading code is what the tests run."""
 from __future__ import annotations
 
-import json
-import string
 from pathlib import Path
 
-CHARS = string.ascii_lowercase + string.digits + ".,'!?-"
-
-
-def clip_tokenizer(directory, max_length: int = 16):
-    """A CLIPTokenizer with a character-level BPE vocabulary (no merges), saved to `directory`."""
-    from transformers import CLIPTokenizer
-
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    vocab = {}
-    for tok in ["<|startoftext|>", "<|endoftext|>"] + list(CHARS) + [c + "</w>" for c in CHARS]:
-        vocab.setdefault(tok, len(vocab))
-    (directory / "vocab.json").write_text(json.dumps(vocab))
-    (directory / "merges.txt").write_text("#version: 0.2\n")
-    tok = CLIPTokenizer(str(directory / "vocab.json"), str(directory / "merges.txt"), model_max_length=max_length,
-                        pad_token="<|endoftext|>")
-    tok.save_pretrained(directory)
-    return tok
+from eam.architectures import CHARS, clip_tokenizer
 
 
 def bert_tokenizer(directory, max_length: int = 35):
@@ -46,7 +27,7 @@ def clip_model(directory, image_size: int = 32, projection_dim: int = 16, seed: 
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
 
     directory = Path(directory)
-    tok = clip_tokenizer(directory / "_tok")
+    tok = clip_tokenizer(directory / "_tok", max_length=16)
     torch.manual_seed(seed)
     config = CLIPConfig(
         text_config=dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
