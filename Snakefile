@@ -1,6 +1,7 @@
 # eam workflow: `snakemake --cores 2 all` runs the embedded default (config/config.yaml);
 # `snakemake --profile profiles/slurm all` the same DAG on a cluster; `--configfile config/sd3.yaml`
-# (or sd15.yaml) the paper-scale text-to-image benchmark.
+# (or sd15.yaml) the paper-scale text-to-image benchmark; `--configfile config/bench.yaml` the
+# per-iteration cost benchmark at SD3-medium and SD1.5 shapes (random weights, one GPU).
 from snakemake.utils import min_version, validate
 
 min_version("9.0")
@@ -31,9 +32,15 @@ if config.get("t2i"):
     include: "workflow/rules/t2i.smk"
 
 
+if config.get("bench"):
+
+    include: "workflow/rules/bench.smk"
+
+
 rule all:
     default_target: True
     input:
         rules.gmm_all.input if config.get("gmm") else [],
         rules.digits_all.input if config.get("digits") else [],
         rules.t2i_all.input if config.get("t2i") else [],
+        rules.bench_all.input if config.get("bench") else [],

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import string
+import tempfile
 from pathlib import Path
 
 import torch
@@ -126,9 +127,10 @@ def random_pipeline(arch: str, directory, seed: int = 0, with_t5: bool = False, 
     torch.manual_seed(seed)
     with torch.device(device):
         parts = {k: (v.to(dtype).eval() if v is not None else None) for k, v in build_components(arch, with_t5).items()}
-    tok = clip_tokenizer(directory.parent / (directory.name + ".tok") / "clip")
+    with tempfile.TemporaryDirectory() as tmp:  # the pipeline saves its own copy of the tokenizers
+        tok = clip_tokenizer(Path(tmp, "clip"))
+        t5tok = t5_tokenizer(Path(tmp, "t5")) if with_t5 else None
     if arch == "sd3-medium":
-        t5tok = t5_tokenizer(directory.parent / (directory.name + ".tok") / "t5") if with_t5 else None
         pipe = StableDiffusion3Pipeline(scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), tokenizer=tok,
                                         tokenizer_2=tok, tokenizer_3=t5tok, **parts)
     else:
@@ -162,7 +164,8 @@ def random_reward(name: str, directory, seed: int = 0, dtype=torch.float32, devi
     with torch.device(device):
         model = CLIPModel(clip_config(name)).to(dtype).eval()
     model.save_pretrained(directory)
-    tok = clip_tokenizer(directory / "_tok")
+    with tempfile.TemporaryDirectory() as tmp:
+        tok = clip_tokenizer(tmp)
     processor = CLIPProcessor(image_processor=CLIPImageProcessor(size={"shortest_edge": 224},
                                                                  crop_size={"height": 224, "width": 224}),
                               tokenizer=tok)

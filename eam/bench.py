@@ -13,17 +13,19 @@ measured on a call of batch B, so a loss that evaluates more rows in one call (A
 rows) can come in slightly under its floor.
 
 Knobs are named sets of setting overrides (`model.precision: bf16`, `eam.times_per_forward: 1`, ...);
-each is run like the baseline and reported relative to it. With `profile`, one more iteration of each
-method runs under torch.profiler: time per phase of the loss (the ranges named in `losses.PHASES`)
-against that phase's floor, and the top operators by self time.
+each is run like the baseline and reported relative to it. Every (settings, method) pair runs in its
+own process, so memory figures start clean. One more iteration per method is timed by phase (the
+ranges of `phases.NAMES`: sampling, reward VJP, base VJPs or forwards, training forward+backward)
+against that phase's floor; with `profile`, one under torch.profiler lists the top operators.
 """
 from __future__ import annotations
 
 import copy
-import gc
+import multiprocessing
 import statistics
 import threading
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import torch
@@ -31,6 +33,7 @@ import torch
 from .finetune import FinetuneConfig, _build, resolve_device
 from .io import atomic_path, write_json, write_text
 from .losses import am_loss, eam_loss
+from .phases import recording
 from .prompts import PromptBatch, load_prompt_set
 from .reference import LinearReference
 from .rewards import reward_grad
@@ -157,110 +160,116 @@ def _iteration(method, cfg, model, base, reward, x0, cond, ref, opt):
     return o
 
 
-def _profile(method, cfg, model, base, reward, x0, cond, ref, opt, dev, out: Path) -> dict:
-    """One iteration under torch.profiler: seconds per loss phase, and the top operators to a text file."""
-    from torch.profiler import ProfilerActivity, profile
+def measure(settings: dict, method: str, names: tuple, prompts, warmup: int, repeats: int, device: str,
+            units: bool = False, profile_dir=None) -> dict:
+    """One method on freshly built models: W warm-up and R timed iterations (memory over both), one
+    more with per-phase wall-clock, and with `profile_dir` one under torch.profiler (top operators)."""
+    dev = torch.device(device)
+    cfg = FinetuneConfig.from_dict(settings)
+    torch.manual_seed(cfg.seed)
+    base, model, reward = _build(*names, cfg, dev)
+    records = load_prompt_set(prompts)
+    cond = PromptBatch.from_records([records[i % len(records)] for i in range(cfg.batch)]).to(dev)
+    x0 = torch.randn(cfg.batch, *model.sample_shape, generator=torch.Generator().manual_seed(cfg.seed)).to(dev)
+    ref = LinearReference(model.interpolant)
+    res = {"shape": list(model.sample_shape), "batch": cfg.batch, "precision": cfg.model.get("precision", "fp32"),
+           "guidance_scale": cfg.guidance_scale}
+    if units:
+        res["unit_cost_s_per_sample"] = unit_costs(model, base, reward, x0, cond, dev)
+    opt = torch.optim.Adam(model.trainable_parameters(), lr=0.0)  # lr 0: every iteration costs the same
+    times = []
+    with PeakMemory(dev) as mem:
+        for i in range(warmup + repeats):
+            _sync(dev)
+            t0 = time.perf_counter()
+            o = _iteration(method, cfg, model, base, reward, x0, cond, ref, opt)
+            _sync(dev)
+            if i >= warmup:
+                times.append(time.perf_counter() - t0)
+    if not torch.isfinite(o.loss):
+        raise FloatingPointError(f"non-finite {method} loss in the benchmark; check the model and reward")
+    with recording(dev) as seconds:
+        _iteration(method, cfg, model, base, reward, x0, cond, ref, opt)
+    phases = dict(seconds)
+    phases["train"] = phases.pop("train_fwd", 0.0) + phases.pop("train_bwd", 0.0)
+    if profile_dir is not None:
+        _profile(method, cfg, model, base, reward, x0, cond, ref, opt, dev, Path(profile_dir))
+    res.update({"wall_clock_s": {"median": statistics.median(times), "min": min(times), "max": max(times)},
+                "nfe_per_iter": dict(o.nfe), "nfe_per_iter_total": sum(o.nfe.values()),
+                "peak_memory_mb": mem.mb, "memory_kind": mem.kind, "phase_s": phases})
+    return res
 
-    from .losses import PHASES
+
+def _profile(method, cfg, model, base, reward, x0, cond, ref, opt, dev, out: Path):
+    """One iteration under torch.profiler; the top operators by self time to profile_{method}.txt."""
+    from torch.profiler import ProfilerActivity, profile
 
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
     with profile(activities=acts) as prof:
         _iteration(method, cfg, model, base, reward, x0, cond, ref, opt)
         _sync(dev)
-    events = prof.key_averages()
-    attr = "device_time_total" if dev.type == "cuda" else "cpu_time_total"
-    phases = {e.key: getattr(e, attr) / 1e6 for e in events if e.key in PHASES}
-    phases["train"] = phases.pop("train_fwd", 0.0) + phases.pop("train_bwd", 0.0)
     sort = "self_device_time_total" if dev.type == "cuda" else "self_cpu_time_total"
-    write_text(out / f"profile_{method}.txt", events.table(sort_by=sort, row_limit=25) + "\n")
-    return phases
+    write_text(out / f"profile_{method}.txt", prof.key_averages().table(sort_by=sort, row_limit=25) + "\n")
 
 
-def _run(settings: dict, methods, names, prompts, warmup: int, repeats: int, dev, units: bool, profile_dir=None) -> dict:
-    """Build the models for one group of settings and measure the given methods on them."""
-    cfg = FinetuneConfig.from_dict(settings)
-    model_name, model_path, reward_name, reward_path = names
-    torch.manual_seed(cfg.seed)
-    base, model, reward = _build(model_name, model_path, reward_name, reward_path, cfg, dev)
-    records = load_prompt_set(prompts)
-    cond = PromptBatch.from_records([records[i % len(records)] for i in range(cfg.batch)]).to(dev)
-    x0 = torch.randn(cfg.batch, *model.sample_shape, generator=torch.Generator().manual_seed(cfg.seed)).to(dev)
-    ref = LinearReference(model.interpolant)
-    res = {"cfg": cfg, "shape": list(model.sample_shape), "methods": {}}
-    if units:
-        res["units"] = unit_costs(model, base, reward, x0, cond, dev)
-    for method in methods:
-        opt = torch.optim.Adam(model.trainable_parameters(), lr=0.0)  # lr 0: every iteration costs the same
-        for _ in range(warmup):
-            _iteration(method, cfg, model, base, reward, x0, cond, ref, opt)
-        times = []
-        with PeakMemory(dev) as mem:
-            for _ in range(repeats):
-                _sync(dev)
-                t0 = time.perf_counter()
-                o = _iteration(method, cfg, model, base, reward, x0, cond, ref, opt)
-                _sync(dev)
-                times.append(time.perf_counter() - t0)
-        if not torch.isfinite(o.loss):
-            raise FloatingPointError(f"non-finite {method} loss in the benchmark; check the model and reward")
-        r = {"wall_clock_s": {"median": statistics.median(times), "min": min(times), "max": max(times)},
-             "nfe_per_iter": dict(o.nfe), "nfe_per_iter_total": sum(o.nfe.values()),
-             "peak_memory_mb": mem.mb, "memory_kind": mem.kind}
-        if profile_dir is not None:
-            r["profile_phase_s"] = _profile(method, cfg, model, base, reward, x0, cond, ref, opt, dev, profile_dir)
-        res["methods"][method] = r
-    del base, model, reward
-    gc.collect()
-    if dev.type == "cuda":
-        torch.cuda.empty_cache()
-    return res
+def _in_own_process(*args, **kw) -> dict:
+    """`measure` in a fresh process: memory figures start clean and nothing (compiled graphs,
+    allocator caches) carries over between methods and knobs."""
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(1, mp_context=ctx) as pool:
+        return pool.submit(measure, *args, **kw).result()
 
 
 def bench(settings: dict, model_name: str, model_path, reward_name: str, reward_path, prompts, warmup: int,
-          repeats: int, out, device: str = "auto", knobs: dict | None = None, profile: bool = False) -> dict:
+          repeats: int, out, device: str = "auto", knobs: dict | None = None, profile: bool = False,
+          isolate: bool = True) -> dict:
     """Run the benchmark (baseline settings, then each knob) and write bench.json, bench.md and
-    bench.png (and profile_{am,eam}.txt with `profile`) under `out`."""
+    bench.png (and profile_{am,eam}.txt with `profile`) under `out`. Each (settings, method) runs in
+    its own process unless `isolate` is off."""
     if warmup < 0 or repeats < 1:
         raise ValueError(f"bench needs warmup >= 0 and repeats >= 1, got {warmup} and {repeats}")
     for name, overrides in (knobs or {}).items():
         if not isinstance(overrides, dict) or not overrides:
             raise ValueError(f"knob {name!r} must map setting names to values, e.g. {{model.precision: bf16}}")
         FinetuneConfig.from_dict(with_overrides(settings, overrides))  # bad knob settings fail before any timing
-    dev = resolve_device(device)
+    FinetuneConfig.from_dict(settings)
+    dev = str(resolve_device(device))
     out = Path(out)
+    run = _in_own_process if isolate else measure
     names = (model_name, model_path, reward_name, reward_path)
-    base_run = _run(settings, ("am", "eam"), names, prompts, warmup, repeats, dev, units=True,
-                    profile_dir=out if profile else None)
-    cfg, units = base_run["cfg"], base_run["units"]
-    result = {"model": model_name, "reward": reward_name, "device": torch.cuda.get_device_name(dev) if dev.type == "cuda"
-              else f"cpu ({torch.get_num_threads()} threads)", "batch": cfg.batch, "shape": base_run["shape"],
-              "precision": cfg.model.get("precision", "fp32"), "guidance_scale": cfg.guidance_scale,
+    methods = {m: run(settings, m, names, prompts, warmup, repeats, dev, units=m == "am",
+                      profile_dir=out if profile else None) for m in ("am", "eam")}
+    am, eam = methods["am"], methods["eam"]
+    units = am.pop("unit_cost_s_per_sample")
+    result = {"model": model_name, "reward": reward_name, "device": _device_name(dev),
+              **{k: am.pop(k) for k in ("batch", "shape", "precision", "guidance_scale")},
               "settings": settings, "warmup": warmup, "repeats": repeats, "unit_cost_s_per_sample": units,
-              "methods": base_run["methods"], "knobs": []}
-    for v in result["methods"].values():
+              "methods": methods, "knobs": []}
+    for v in methods.values():
         v["floor_s"] = sum(n * units[UNIT_OF[k]] for k, n in v["nfe_per_iter"].items())
         v["measured_over_floor"] = v["wall_clock_s"]["median"] / v["floor_s"]
-        if "profile_phase_s" in v:
-            v["floor_phase_s"] = {}
-            for k, n in v["nfe_per_iter"].items():
-                p = PHASE_OF[k]
-                v["floor_phase_s"][p] = v["floor_phase_s"].get(p, 0.0) + n * units[UNIT_OF[k]]
-    am, eam = result["methods"]["am"], result["methods"]["eam"]
+        v["floor_phase_s"] = {}
+        for k, n in v["nfe_per_iter"].items():
+            v["floor_phase_s"][PHASE_OF[k]] = v["floor_phase_s"].get(PHASE_OF[k], 0.0) + n * units[UNIT_OF[k]]
     result["am_over_eam"] = {"measured": am["wall_clock_s"]["median"] / eam["wall_clock_s"]["median"],
                              "floor": am["floor_s"] / eam["floor_s"],
                              "nfe": am["nfe_per_iter_total"] / eam["nfe_per_iter_total"]}
     for name, overrides in (knobs or {}).items():
-        run = _run(with_overrides(settings, overrides), knob_methods(overrides), names, prompts, warmup, repeats, dev,
-                   units=False)
         row = {"name": name, "settings": overrides, "methods": {}}
-        for m, v in run["methods"].items():
-            row["methods"][m] = {**v, "time_vs_baseline": v["wall_clock_s"]["median"]
-                                 / result["methods"][m]["wall_clock_s"]["median"]}
+        for m in knob_methods(overrides):
+            v = run(with_overrides(settings, overrides), m, names, prompts, warmup, repeats, dev)
+            v["time_vs_baseline"] = v["wall_clock_s"]["median"] / methods[m]["wall_clock_s"]["median"]
+            row["methods"][m] = v
         result["knobs"].append(row)
     write_json(out / "bench.json", result)
     write_text(out / "bench.md", bench_table(result))
     _bar_chart(result, out / "bench.png")
     return result
+
+
+def _device_name(dev: str) -> str:
+    d = torch.device(dev)
+    return torch.cuda.get_device_name(d) if d.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
 
 
 def bench_table(r: dict) -> str:
@@ -279,15 +288,13 @@ def bench_table(r: dict) -> str:
     lines += ["", f"AM / EAM per iteration: measured {ratio['measured']:.2f}×, floor {ratio['floor']:.2f}×, "
               f"NFEs {ratio['nfe']:.2f}×.", "",
               "Unit costs (s per sample): " + ", ".join(f"{k} {v:.3g}" for k, v in r["unit_cost_s_per_sample"].items())]
-    if any("profile_phase_s" in v for v in r["methods"].values()):
-        lines += ["", "## Where the time goes (one profiled iteration; floor = the phase's NFEs × unit costs)", "",
-                  "| method | phase | measured s | floor s | measured / floor |", "| --- | --- | --- | --- | --- |"]
-        for m, v in r["methods"].items():
-            for p, s in v.get("profile_phase_s", {}).items():
-                fl = v["floor_phase_s"].get(p, 0.0)
-                if s or fl:
-                    lines.append(f"| {m.upper()} | {p} | {s:.4g} | {fl:.4g} | {s / fl if fl else float('nan'):.2f} |")
-        lines += ["", "Top operators by self time: profile_am.txt, profile_eam.txt."]
+    lines += ["", "## Where the time goes (one more iteration, timed by phase; floor = the phase's NFEs × unit costs)", "",
+              "| method | phase | measured s | floor s | measured / floor |", "| --- | --- | --- | --- | --- |"]
+    for m, v in r["methods"].items():
+        for p, s in v["phase_s"].items():
+            fl = v["floor_phase_s"].get(p, 0.0)
+            if s or fl:
+                lines.append(f"| {m.upper()} | {p} | {s:.4g} | {fl:.4g} | {s / fl if fl else float('nan'):.2f} |")
     if r["knobs"]:
         lines += ["", "## Knobs (each alone on top of the baseline settings; time relative to the baseline)", "",
                   f"| knob | settings | AM s / iter | EAM s / iter | AM / EAM | AM {mem} MB | EAM {mem} MB |",

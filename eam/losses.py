@@ -11,16 +11,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-from torch.profiler import record_function as phase  # named ranges for `eam bench --profile`
 
 from .interpolants import _bcast
 from .models import VelocityModel
+from .phases import phase
 from .reference import LinearReference
 from .rewards import Reward, reward_grad
 from .samplers import ode_sample, sde_sample
 
 NFE_KINDS = ("model_fwd", "model_train", "base_fwd", "base_vjp", "reward_vjp")
-PHASES = ("sample", "reward_vjp", "base_vjp", "base_fwd", "train_fwd", "train_bwd")  # profiler range names
 
 
 @dataclass

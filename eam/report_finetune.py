@@ -1,6 +1,7 @@
 """Figures and tables of a fine-tuning benchmark (method × reward × λ × seed): convergence curves
 against wall-clock and function evaluations, the reward/distance-to-base trade-off across λ, sample
-grids, every metric ± standard error in CSV, Markdown and LaTeX, and the AM/EAM time-to-threshold."""
+grids, every metric ± standard error in CSV, Markdown and LaTeX, and the AM/EAM time to quality
+(wall-clock and NFEs to 90% of AM's final reward gain) as CSV, Markdown and a figure."""
 from __future__ import annotations
 
 import csv
@@ -76,6 +77,61 @@ def time_to_threshold(runs: list[dict], fraction: float = 0.9) -> list[dict]:
             row[f"ratio_{name}"] = am_t / eam_t if ok else math.nan
         rows.append(row)
     return rows
+
+
+def time_to_quality_table(rows: list[dict], fraction: float = 0.9) -> str:
+    """Markdown: per (reward, λ, seed) the wall-clock and NFEs each method needs to reach the
+    threshold, the AM/EAM ratios, and their mean ± SE over the pairs where both reached it."""
+    lines = [f"# Time to quality: {fraction:.0%} of AM's final evaluation-reward gain over the base", "",
+             "| reward | λ | seed | threshold | AM s | EAM s | AM/EAM (time) | AM NFEs | EAM NFEs | AM/EAM (NFEs) |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+
+    def num(v, fmt):
+        return format(v, fmt) if math.isfinite(v) else "not reached"
+
+    for r in rows:
+        lines.append(f"| {r['reward']} | {r['lam']:g} | {r['seed']} | {r['threshold']:.4g} | {num(r['am_s'], '.1f')} | "
+                     f"{num(r['eam_s'], '.1f')} | {num(r['ratio_s'], '.2f')} | {num(r['am_nfe'], '.3g')} | "
+                     f"{num(r['eam_nfe'], '.3g')} | {num(r['ratio_nfe'], '.2f')} |")
+    for key, name in (("ratio_s", "wall-clock"), ("ratio_nfe", "NFEs")):
+        vals = [r[key] for r in rows if math.isfinite(r[key])]
+        if vals:
+            se = np.std(vals, ddof=1) / math.sqrt(len(vals)) if len(vals) > 1 else 0.0
+            lines.append(f"\nAM/EAM in {name}: {np.mean(vals):.2f} ± {se:.2f} (mean ± SE over {len(vals)} of "
+                         f"{len(rows)} pairs; min {min(vals):.2f}, max {max(vals):.2f}).")
+    lines.append("\nThe threshold is reached where the evaluation reward (logged every `eval_every` iterations, "
+                 "linear in between) first crosses it; 'not reached' within the run's iterations.")
+    return "\n".join(lines) + "\n"
+
+
+def _time_to_quality_figure(rows: list[dict], path: Path):
+    """Per (reward, λ): AM and EAM bars per seed, in wall-clock and in NFEs, the ratio above each pair."""
+    groups = defaultdict(list)
+    for r in rows:
+        groups[(r["reward"], r["lam"])].append(r)
+    keys = sorted(groups) or [("none", 0)]
+    fig, axes = plt.subplots(2, len(keys), figsize=(4.5 * len(keys), 6.5), constrained_layout=True, squeeze=False)
+    for j, k in enumerate(keys):
+        rs = groups.get(k, [])
+        for i, (unit, label) in enumerate((("s", "wall-clock [s]"), ("nfe", "NFEs"))):
+            ax = axes[i][j]
+            xs = np.arange(len(rs))
+            for d, m in ((-0.2, "am"), (0.2, "eam")):
+                vals = [r[f"{m}_{unit}"] for r in rs]
+                ax.bar(xs + d, [v if math.isfinite(v) else 0 for v in vals], 0.4, color=COLORS[m], label=m.upper())
+            for x, r in zip(xs, rs):
+                ratio = r[f"ratio_{unit}"]
+                top = max((v for v in (r[f"am_{unit}"], r[f"eam_{unit}"]) if math.isfinite(v)), default=0)
+                ax.annotate(f"{ratio:.1f}×" if math.isfinite(ratio) else "n/r", (x, top), ha="center", va="bottom",
+                            fontsize=8)
+            ax.set(xticks=xs, xticklabels=[f"seed {r['seed']}" for r in rs], ylabel=f"{label} to threshold",
+                   title=f"{k[0]}, λ = {k[1]:g}" if i == 0 else None)
+            ax.margins(y=0.15)
+            ax.legend(fontsize=8)
+    fig.suptitle("time to 90% of AM's final reward gain (label: AM/EAM)")
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
 
 
 def _curves(runs, key, xlabel, path):
@@ -234,10 +290,13 @@ def finetune_report(run_dirs, score_paths, base_score_path, out, grid: dict | No
         w.writeheader()
         w.writerows(tt)
     write_text(out / "time_to_threshold.csv", buf.getvalue())
+    write_text(out / "time_to_quality.md", time_to_quality_table(tt))
+    _time_to_quality_figure(tt, out / "time_to_quality.png")
     write_text(out / "table.csv", table_csv)
     write_text(out / "table.tex", table_tex)
     write_text(out / "table.md", table_md + "\nMetrics: mean ± standard error (training seeds, plus the evaluation-sample error the seeds share: every run uses the same evaluation noise); "
                "fd_to_base: Fréchet distance to base samples in the training classifier's features; "
                f"guidance scale {base.get('guidance_scale')}. {summary}.\n")
-    written += [str(out / n) for n in ("table.csv", "table.md", "table.tex", "time_to_threshold.csv")]
+    written += [str(out / n) for n in ("table.csv", "table.md", "table.tex", "time_to_threshold.csv",
+                                       "time_to_quality.md", "time_to_quality.png")]
     return written

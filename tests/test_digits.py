@@ -190,6 +190,30 @@ def test_time_to_threshold_interpolates_between_evaluations():
     assert time_to(curve, 4.0, "wall_clock_s") == float("inf")
 
 
+def test_time_to_quality_of_known_curves(tmp_path):
+    """AM gains 1.0 linearly over 100 s / 1000 NFEs, EAM reaches the same gain in 25 s / 100 NFEs:
+    the threshold is 0.9, reached at 90 s vs 22.5 s (4×) and 900 vs 90 NFEs (10×); a seed whose EAM
+    run never gets there is 'not reached' and left out of the mean."""
+    from eam.report_finetune import _time_to_quality_figure, time_to_quality_table, time_to_threshold
+
+    def run(method, seed, top, seconds, nfes):
+        curve = [{"eval_reward": top * f, "wall_clock_s": seconds * f, "nfe_total": nfes * f} for f in (0, 0.5, 1)]
+        return {"reward": "r", "lam": 10.0, "seed": seed, "method": method, "curve": curve}
+
+    runs = [run("am", 0, 1.0, 100, 1000), run("eam", 0, 1.0, 25, 100),
+            run("am", 1, 1.0, 100, 1000), run("eam", 1, 0.5, 25, 100)]
+    rows = time_to_threshold(runs)
+    assert rows[0]["threshold"] == pytest.approx(0.9)
+    assert rows[0]["am_s"] == pytest.approx(90) and rows[0]["eam_s"] == pytest.approx(22.5)
+    assert rows[0]["ratio_s"] == pytest.approx(4.0) and rows[0]["ratio_nfe"] == pytest.approx(10.0)
+    assert math.isinf(rows[1]["eam_s"]) and math.isnan(rows[1]["ratio_s"])
+    table = time_to_quality_table(rows)
+    assert "| r | 10 | 1 | 0.9 | 90.0 | not reached |" in table
+    assert "AM/EAM in wall-clock: 4.00 ± 0.00 (mean ± SE over 1 of 2 pairs" in table
+    _time_to_quality_figure(rows, tmp_path / "ttq.png")
+    assert (tmp_path / "ttq.png").read_bytes()[:4] == b"\x89PNG"
+
+
 def test_weights_of_another_model_are_a_one_line_error(tiny):
     with pytest.raises(MissingWeights, match="do not fit this model"):
         load_reward("digit_classifier", tiny / "heldout_classifier")
@@ -227,7 +251,7 @@ def test_bench_counts_floor_and_knobs(tiny, tmp_path):
     doc's cost model for the settings (AM: N forwards + N base VJPs + 1 reward VJP + |K| train rows;
     EAM: 2K Heun forwards + 1 reward VJP + 1 base forward + M train rows, per sample); a knob runs
     only the methods its settings touch, with its own counts; the profiled phases add up to no more
-    than an iteration."""
+    than about an iteration."""
     from eam.bench import bench
 
     settings = {"batch": 4, "am": {"n_steps": 6, "n_last": 2, "n_random": 2},
@@ -241,9 +265,9 @@ def test_bench_counts_floor_and_knobs(tiny, tmp_path):
     for v in (am, eam):
         w = v["wall_clock_s"]
         assert 0 < w["min"] <= w["median"] <= w["max"] and v["floor_s"] > 0 and v["peak_memory_mb"] >= 0
-        phases = v["profile_phase_s"]
-        assert set(phases) >= {"sample", "reward_vjp", "train"} and all(s >= 0 for s in phases.values())
-        assert 0 < sum(phases.values()) < 10 * w["max"]  # ranges nest in one iteration (profiling slows it)
+        phases = v["phase_s"]
+        assert set(phases) >= {"sample", "reward_vjp", "train"} and all(s > 0 for s in phases.values())
+        assert sum(phases.values()) < 3 * w["max"]  # disjoint parts of one iteration
     units = r["unit_cost_s_per_sample"]
     assert am["floor_s"] == pytest.approx(24 * units["forward"] + 24 * units["vjp"] + 4 * units["reward_vjp"]
                                           + 16 * units["train"])

@@ -32,7 +32,7 @@ def test_dry_run_of_all_on_the_default_config(tmp_path):
     p = _snakemake(_workdir(tmp_path), "-n", "all")
     assert p.returncode == 0, p.stderr
     for rule in ("gmm_run", "gmm_report", "digits_prompts", "digits_base", "digits_reward_model", "digits_finetune",
-                 "digits_sample", "digits_score", "digits_report"):
+                 "digits_sample", "digits_score", "digits_report", "bench_prompts", "bench"):
         assert rule in p.stdout, rule
 
 
@@ -44,7 +44,8 @@ def test_tiny_real_run_then_noop_and_resume(tmp_path):
     assert p.returncode == 0, p.stderr[-3000:]
     for f in ("gmm/report/table.md", "gmm/report/mix2d_linear.png", "digits/report/table.md", "digits/report/table.tex",
               "digits/report/table.csv", "digits/report/reward_vs_time.png", "digits/report/samples.png",
-              "digits/report/tradeoff.png", "digits/report/time_to_threshold.csv"):
+              "digits/report/tradeoff.png", "digits/report/time_to_threshold.csv", "digits/report/time_to_quality.md",
+              "digits/report/time_to_quality.png", "bench/digits/bench.md", "bench/digits/bench.png"):
         assert (wd / "results" / f).is_file(), f
     again = _snakemake(wd, "-n", "all", *tiny)
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr

@@ -63,7 +63,7 @@ def test_tiny_sd3_run_completes(tmp_path):
     p = _snakemake(cfg, "all")
     assert p.returncode == 0, p.stderr[-3000:]
     report = tmp_path / "results" / "sd3" / "report"
-    for f in ("table.md", "table.csv", "reward_vs_time.png", "samples.png", "time_to_threshold.csv"):
+    for f in ("table.md", "table.csv", "reward_vs_time.png", "samples.png", "time_to_threshold.csv", "time_to_quality.md"):
         assert (report / f).is_file(), f
     table = (report / "table.md").read_text()
     assert "pickscore" in table and "clipscore" in table

@@ -152,7 +152,8 @@ rule digits_report:
                 for m in DIG["methods"])],
     output:
         expand(f"{DRES}/report/{{f}}", f=["reward_vs_time.png", "reward_vs_nfe.png", "tradeoff.png", "samples.png",
-                                          "table.csv", "table.md", "table.tex", "time_to_threshold.csv"]),
+                                          "table.csv", "table.md", "table.tex", "time_to_threshold.csv",
+                                          "time_to_quality.md", "time_to_quality.png"]),
     params:
         runs=expand(f"{DRES}/runs/{{run}}", run=RUNS),
         grid=" ".join(["base=" + f"{DRES}/samples/base.safetensors",

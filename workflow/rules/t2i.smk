@@ -114,7 +114,8 @@ rule t2i_report:
                 for m in T2I["methods"])],
     output:
         expand(f"{TRES}/report/{{f}}", f=["reward_vs_time.png", "reward_vs_nfe.png", "tradeoff.png", "samples.png",
-                                          "table.csv", "table.md", "table.tex", "time_to_threshold.csv"]),
+                                          "table.csv", "table.md", "table.tex", "time_to_threshold.csv",
+                                          "time_to_quality.md", "time_to_quality.png"]),
     params:
         runs=expand(f"{TRES}/runs/{{run}}", run=TRUNS),
         grid=" ".join(["base=" + f"{TRES}/samples/base.safetensors",
