@@ -28,16 +28,17 @@ VARIANTS = {"am": ["--method", "am"],
             "eam-exact": ["--method", "eam", "--base-score", "exact"]}
 # Measured (README, "Ground truth", "Why EAM moves mass between separated modes slowly"): on
 # mix2d_quadratic EAM fixes the modes' shapes but stalls on their relative weights (sliced-W2 0.125 at
-# 800 iterations, 0.093 at 2400, bound 0.088). Strict: the day it passes, this marker must go.
-EAM_QUADRATIC_SLOW = pytest.mark.xfail(strict=True, reason=(
+# 800 iterations, 0.093 at 2400, bound 0.088). Strict: the day it passes, this marker must go. Left out
+# of the default run (minutes of CI for a known answer): `pytest -m known_gap` runs them.
+EAM_QUADRATIC_SLOW = [pytest.mark.known_gap, pytest.mark.xfail(strict=True, reason=(
     "EAM corrects mode weights slowly on mix2d_quadratic: with the modes' shapes right, any weights are an EAM "
-    "fixed point (tests/test_eam_fixed_points.py)"))
+    "fixed point (tests/test_eam_fixed_points.py)"))]
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("case,variant", [
     pytest.param(case, variant, id=f"{case}-{variant}",
-                 marks=[EAM_QUADRATIC_SLOW] if case == "mix2d_quadratic" and variant != "am" else [])
+                 marks=EAM_QUADRATIC_SLOW if case == "mix2d_quadratic" and variant != "am" else [])
     for case in CASES for variant in VARIANTS])
 def test_reaches_the_exact_tilted_mixture(tmp_path, case, variant):
     args = VARIANTS[variant]
