@@ -1,4 +1,5 @@
-"""Shared test setup: one CPU thread, float64 where it matters, and a fixed seed per test."""
+"""Shared test setup: one CPU thread, float64 where it matters, and a fixed seed per test; a test's
+`log` property (record_property) is printed in the terminal summary."""
 import sys
 from pathlib import Path
 
@@ -26,3 +27,19 @@ def _fixed_seed():
 def gen():
     """A seeded torch.Generator for explicit sampling."""
     return torch.Generator().manual_seed(SEED)
+
+
+_LOGS = []
+
+
+def pytest_runtest_logreport(report):
+    """Collect `log` properties on the controlling process (pytest-xdist forwards user_properties)."""
+    if report.when == "call":
+        _LOGS.extend((report.nodeid, line) for key, lines in report.user_properties if key == "log" for line in lines)
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _LOGS:
+        terminalreporter.section("test logs")
+        for nodeid, line in _LOGS:
+            terminalreporter.write_line(f"{nodeid}: {line}")
