@@ -63,8 +63,10 @@ def _timed(fn, device, repeats: int) -> float:
 
 
 def unit_costs(model, base, reward, x, cond, device, repeats: int = 3) -> dict:
-    """Seconds per sample of one sampling forward, one base VJP, one reward VJP and one training
-    forward+backward, each measured on the batch x at t = 0.5."""
+    """Seconds per counted NFE of one sampling forward, one base VJP, one reward VJP and one training
+    forward+backward, each measured on the batch x at t = 0.5. The losses count `cost` NFEs per
+    sample-evaluation (2 denoiser rows under classifier-free guidance), so a call's time is divided
+    by B × cost: NFEs × unit costs is then the floor whatever the guidance."""
     B = x.shape[0]
     t = torch.full((B,), 0.5, device=device)
 
@@ -85,7 +87,8 @@ def unit_costs(model, base, reward, x, cond, device, repeats: int = 3) -> dict:
              "reward_vjp": _timed(lambda: reward_grad(reward, x, cond), device, repeats),
              "train": _timed(train, device, repeats)}
     model.zero_grad(set_to_none=True)
-    return {k: v / B for k, v in costs.items()}
+    rows = {"forward": B * model.cost, "vjp": B * base.cost, "reward_vjp": B, "train": B * model.cost}
+    return {k: v / rows[k] for k, v in costs.items()}
 
 
 class PeakMemory:
@@ -173,9 +176,7 @@ def measure(settings: dict, method: str, names: tuple, prompts, warmup: int, rep
     x0 = torch.randn(cfg.batch, *model.sample_shape, generator=torch.Generator().manual_seed(cfg.seed)).to(dev)
     ref = LinearReference(model.interpolant)
     res = {"shape": list(model.sample_shape), "batch": cfg.batch, "precision": cfg.model.get("precision", "fp32"),
-           "guidance_scale": cfg.guidance_scale}
-    if units:
-        res["unit_cost_s_per_sample"] = unit_costs(model, base, reward, x0, cond, dev)
+           "guidance_scale": cfg.guidance_scale, "device": _device_name(dev)}
     opt = torch.optim.Adam(model.trainable_parameters(), lr=0.0)  # lr 0: every iteration costs the same
     times = []
     with PeakMemory(dev) as mem:
@@ -194,6 +195,8 @@ def measure(settings: dict, method: str, names: tuple, prompts, warmup: int, rep
     phases["train"] = phases.pop("train_fwd", 0.0) + phases.pop("train_bwd", 0.0)
     if profile_dir is not None:
         _profile(method, cfg, model, base, reward, x0, cond, ref, opt, dev, Path(profile_dir))
+    if units:  # after the timed block, so that its memory figure starts as clean as the other method's
+        res["unit_cost_s_per_nfe"] = unit_costs(model, base, reward, x0, cond, dev)
     res.update({"wall_clock_s": {"median": statistics.median(times), "min": min(times), "max": max(times)},
                 "nfe_per_iter": dict(o.nfe), "nfe_per_iter_total": sum(o.nfe.values()),
                 "peak_memory_mb": mem.mb, "memory_kind": mem.kind, "phase_s": phases})
@@ -240,10 +243,11 @@ def bench(settings: dict, model_name: str, model_path, reward_name: str, reward_
     methods = {m: run(settings, m, names, prompts, warmup, repeats, dev, units=m == "am",
                       profile_dir=out if profile else None) for m in ("am", "eam")}
     am, eam = methods["am"], methods["eam"]
-    units = am.pop("unit_cost_s_per_sample")
-    result = {"model": model_name, "reward": reward_name, "device": _device_name(dev),
-              **{k: am.pop(k) for k in ("batch", "shape", "precision", "guidance_scale")},
-              "settings": settings, "warmup": warmup, "repeats": repeats, "unit_cost_s_per_sample": units,
+    units = am.pop("unit_cost_s_per_nfe")
+    for v in methods.values():
+        common = {k: v.pop(k) for k in ("device", "batch", "shape", "precision", "guidance_scale")}
+    result = {"model": model_name, "reward": reward_name, **common,
+              "settings": settings, "warmup": warmup, "repeats": repeats, "unit_cost_s_per_nfe": units,
               "methods": methods, "knobs": []}
     for v in methods.values():
         v["floor_s"] = sum(n * units[UNIT_OF[k]] for k, n in v["nfe_per_iter"].items())
@@ -258,6 +262,8 @@ def bench(settings: dict, model_name: str, model_path, reward_name: str, reward_
         row = {"name": name, "settings": overrides, "methods": {}}
         for m in knob_methods(overrides):
             v = run(with_overrides(settings, overrides), m, names, prompts, warmup, repeats, dev)
+            for k in ("device", "batch", "shape", "precision", "guidance_scale"):
+                v.pop(k)
             v["time_vs_baseline"] = v["wall_clock_s"]["median"] / methods[m]["wall_clock_s"]["median"]
             row["methods"][m] = v
         result["knobs"].append(row)
@@ -267,8 +273,7 @@ def bench(settings: dict, model_name: str, model_path, reward_name: str, reward_
     return result
 
 
-def _device_name(dev: str) -> str:
-    d = torch.device(dev)
+def _device_name(d: torch.device) -> str:
     return torch.cuda.get_device_name(d) if d.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
 
 
@@ -287,7 +292,8 @@ def bench_table(r: dict) -> str:
     ratio = r["am_over_eam"]
     lines += ["", f"AM / EAM per iteration: measured {ratio['measured']:.2f}×, floor {ratio['floor']:.2f}×, "
               f"NFEs {ratio['nfe']:.2f}×.", "",
-              "Unit costs (s per sample): " + ", ".join(f"{k} {v:.3g}" for k, v in r["unit_cost_s_per_sample"].items())]
+              "Unit costs (s per NFE, i.e. per sample and per denoiser row of CFG): "
+              + ", ".join(f"{k} {v:.3g}" for k, v in r["unit_cost_s_per_nfe"].items())]
     lines += ["", "## Where the time goes (one more iteration, timed by phase; floor = the phase's NFEs × unit costs)", "",
               "| method | phase | measured s | floor s | measured / floor |", "| --- | --- | --- | --- | --- |"]
     for m, v in r["methods"].items():

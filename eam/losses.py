@@ -190,7 +190,8 @@ class EAMConfig:
             raise ValueError(f"EAM times need 0 < t_min < t_max < 1, got {self.t_min}, {self.t_max}")
         if self.n_times < 1 or self.ode_steps < 1:
             raise ValueError("EAM n_times and ode_steps must be at least 1")
-        if self.times_per_forward is not None and (isinstance(self.times_per_forward, bool) or self.times_per_forward < 1):
+        n = self.times_per_forward
+        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
             raise ValueError(f"EAM times_per_forward must be a positive integer or null, got {self.times_per_forward!r}")
 
 
@@ -264,7 +265,7 @@ def eam_loss(model: VelocityModel, base: VelocityModel, reward: Reward, lam: flo
     if n >= M:
         out.loss = part(slice(None))
         return out
-    # t, x_t, ... are stacked time-major (row m·B + b), so a slice of rows is a set of whole timesteps
+    # every per-row tensor (x_t, t, target, weight, conditioning) is sliced by the same rows
     out.parts = [lambda rows=slice(i * B, min(i + n, M) * B): part(rows) for i in range(0, M, n)]
     if not torch.is_grad_enabled():
         out.loss = sum(p() for p in out.parts)

@@ -86,8 +86,8 @@ def time_to_quality_table(rows: list[dict], fraction: float = 0.9) -> str:
              "| reward | λ | seed | threshold | AM s | EAM s | AM/EAM (time) | AM NFEs | EAM NFEs | AM/EAM (NFEs) |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
 
-    def num(v, fmt):
-        return format(v, fmt) if math.isfinite(v) else "not reached"
+    def num(v, fmt):  # inf: never reached; nan (ratios): undefined, e.g. AM gained nothing
+        return format(v, fmt) if math.isfinite(v) else "not reached" if math.isinf(v) else "n/a"
 
     for r in rows:
         lines.append(f"| {r['reward']} | {r['lam']:g} | {r['seed']} | {r['threshold']:.4g} | {num(r['am_s'], '.1f')} | "

@@ -63,7 +63,7 @@ def test_random_pipelines_load_through_the_adapters(name, with_t5, tmp_path, mon
     path = arch.random_pipeline(name, tmp_path / name, with_t5=with_t5)
     model = lookup("model", arch.ADAPTER_OF[name]).load(path, resolution=16, drop_t5=not with_t5)  # 2-block VAE: factor 2
     assert model.sample_shape == ((16 if name == "sd3-medium" else 4), 8, 8)
-    assert next(model.denoiser.parameters()).dtype == torch.float32  # saved in bf16, loaded in `precision`
+    assert model.pipe.vae.dtype == torch.float32  # saved in bf16, loaded in `precision`
     x = torch.randn(2, *model.sample_shape)
     v = model(x, torch.tensor([0.3, 0.7]), PromptBatch(["a cat", "two dogs on a sofa"]))
     assert v.shape == x.shape and torch.isfinite(v).all() and v.std() > 0

@@ -256,7 +256,8 @@ def test_bench_counts_floor_and_knobs(tiny, tmp_path):
 
     settings = {"batch": 4, "am": {"n_steps": 6, "n_last": 2, "n_random": 2},
                 "eam": {"ode_steps": 3, "ode_method": "heun", "n_times": 2}}
-    knobs = {"K=2 Euler": {"eam.ode_steps": 2, "eam.ode_method": "euler"}, "batch 8": {"batch": 8}}
+    knobs = {"K=2 Euler": {"eam.ode_steps": 2, "eam.ode_method": "euler"}, "batch 8": {"batch": 8},
+             "CFG 2": {"guidance_scale": 2.0}}
     r = bench(settings, "digits_flow", tiny / "base", "digit_classifier", tiny / "digit_classifier",
               tiny / "prompts/train.jsonl", warmup=1, repeats=2, out=tmp_path, knobs=knobs, profile=True)
     am, eam = r["methods"]["am"], r["methods"]["eam"]
@@ -264,17 +265,22 @@ def test_bench_counts_floor_and_knobs(tiny, tmp_path):
     assert eam["nfe_per_iter"] == {"model_fwd": 24, "model_train": 8, "base_fwd": 4, "base_vjp": 0, "reward_vjp": 4}
     for v in (am, eam):
         w = v["wall_clock_s"]
-        assert 0 < w["min"] <= w["median"] <= w["max"] and v["floor_s"] > 0 and v["peak_memory_mb"] >= 0
+        assert 0 < w["min"] <= w["median"] <= w["max"] and v["floor_s"] > 0 and math.isfinite(v["peak_memory_mb"])
         phases = v["phase_s"]
         assert set(phases) >= {"sample", "reward_vjp", "train"} and all(s > 0 for s in phases.values())
         assert sum(phases.values()) < 3 * w["max"]  # disjoint parts of one iteration
-    units = r["unit_cost_s_per_sample"]
+    units = r["unit_cost_s_per_nfe"]
     assert am["floor_s"] == pytest.approx(24 * units["forward"] + 24 * units["vjp"] + 4 * units["reward_vjp"]
                                           + 16 * units["train"])
     assert r["am_over_eam"]["nfe"] == pytest.approx(68 / 40)
-    euler, b8 = r["knobs"]
+    euler, b8, cfg2 = r["knobs"]
     assert set(euler["methods"]) == {"eam"} and euler["methods"]["eam"]["nfe_per_iter"]["model_fwd"] == 8
     assert set(b8["methods"]) == {"am", "eam"} and b8["methods"]["am"]["nfe_per_iter"]["base_vjp"] == 48
+    # classifier-free guidance: 2 network rows per evaluation, the reward VJP once per sample
+    assert cfg2["methods"]["am"]["nfe_per_iter"] == {"model_fwd": 48, "model_train": 32, "base_fwd": 0,
+                                                     "base_vjp": 48, "reward_vjp": 4}
+    assert cfg2["methods"]["eam"]["nfe_per_iter"] == {"model_fwd": 48, "model_train": 16, "base_fwd": 8,
+                                                      "base_vjp": 0, "reward_vjp": 4}
     assert all(math.isfinite(v["time_vs_baseline"]) and v["time_vs_baseline"] > 0
                for k in r["knobs"] for v in k["methods"].values())
     assert {"bench.json", "bench.md", "bench.png", "profile_am.txt", "profile_eam.txt"} <= {p.name for p in tmp_path.iterdir()}

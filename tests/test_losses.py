@@ -4,7 +4,8 @@ import torch
 from eam.gmm import GaussianMixture, GMMVelocity
 from eam.interpolants import RectifiedFlow
 from eam.losses import AMConfig, EAMConfig, QuantileClipper, am_loss, am_time_subset, eam_loss
-from eam.models import MLP, ResidualVelocity
+from eam.models import MLP, ResidualVelocity, VelocityModel
+from eam.prompts import PromptBatch
 from eam.reference import LinearReference
 from eam.rewards import LinearReward
 
@@ -63,20 +64,34 @@ def test_gradients_reach_only_the_trainable_residual():
         p.requires_grad for p in model.base.parameters())
 
 
+class _Labelled(VelocityModel):
+    """A velocity that depends on each row's label (cond: a PromptBatch), so rows and their
+    conditioning must stay aligned when the loss is split into parts."""
+
+    def __init__(self, inner):
+        super().__init__(inner.interpolant)
+        self.inner = inner
+
+    def velocity(self, x, t, cond=None):
+        return self.inner(x, t) * (1 + 0.5 * cond.labels.to(x.dtype)[:, None])
+
+
 def test_eam_loss_by_parts_has_the_gradient_of_one_forward():
     """times_per_forward < M runs the M loss timesteps in several forwards, each backpropagated on
     its own: the same loss value and gradient as one forward of all B·M rows, the same NFE count."""
     mix, base, model = _models()
+    base, model = _Labelled(base), _Labelled(model)
+    cond = PromptBatch([str(i) for i in range(6)], torch.tensor([0, 1, 2, 0, 1, 2]))
     reward, ref, x0 = LinearReward([1.0, -0.5]), LinearReference(RectifiedFlow()), torch.randn(6, 2)
     grads, losses, nfes = [], [], []
     for n in (None, 3, 1):
         model.zero_grad()
         out = eam_loss(model, base, reward, 1.0, x0, ref, EAMConfig(ode_steps=4, n_times=8, times_per_forward=n),
-                       generator=torch.Generator().manual_seed(0))
+                       cond, generator=torch.Generator().manual_seed(0))
         assert (out.loss is None) == (n is not None) and len(out.parts) == {None: 0, 3: 3, 1: 8}[n]
         out.backward(0.5)
         losses.append(out.loss.item())
-        grads.append(torch.cat([p.grad.flatten() for p in model.residual.parameters()]))
+        grads.append(torch.cat([p.grad.flatten() for p in model.inner.residual.parameters()]))
         nfes.append(out.nfe)
     assert grads[0].abs().sum() > 0 and all(nfe == nfes[0] for nfe in nfes)
     for loss, grad in zip(losses[1:], grads[1:]):
@@ -84,5 +99,5 @@ def test_eam_loss_by_parts_has_the_gradient_of_one_forward():
         torch.testing.assert_close(grad, grads[0], rtol=1e-5, atol=1e-7)
     with torch.no_grad():  # without autograd the parts are summed at once
         out = eam_loss(model, base, reward, 1.0, x0, ref, EAMConfig(ode_steps=4, n_times=8, times_per_forward=3),
-                       generator=torch.Generator().manual_seed(0))
+                       cond, generator=torch.Generator().manual_seed(0))
     assert not out.parts and abs(out.loss.item() - losses[0]) < 1e-5 * abs(losses[0])

@@ -291,10 +291,10 @@ class FrozenBase(VelocityModel):
         # With gradient checkpointing, a VJP through this call would recompute the forward after the
         # adapter is back on; the base's own (one-step) VJP graph is kept whole instead.
         recompute = torch.is_grad_enabled() and model.denoiser.is_gradient_checkpointing
-        model.denoiser.disable_adapters()
-        if recompute:
-            model.denoiser.disable_gradient_checkpointing()
         try:
+            model.denoiser.disable_adapters()
+            if recompute:
+                model.denoiser.disable_gradient_checkpointing()
             return model.guided_velocity(model.denoiser, x, t, cond)
         finally:
             model.denoiser.enable_adapters()

@@ -1,5 +1,6 @@
 # `eam bench` as rules: per-iteration cost of AM and EAM against the cost-model floor, the speed
-# knobs, and where the time goes; one folder per configured benchmark under results/bench/.
+# knobs, and where the time goes; one folder per configured benchmark under results/bench/. Bench
+# jobs run one at a time, after every other job of the DAG.
 # model_path / reward_path "random:ARCH" are published architectures with random weights
 # (`eam random-weights`), so GPU timings at SD3-medium / SD1.5 shapes need no download.
 BENCH = {name: b for name, b in config["bench"].items() if b}  # a null entry is switched off
@@ -19,16 +20,30 @@ def bench_path(path):
     return f"{BRES}/weights/{path[7:]}" if path and path.startswith("random:") else path
 
 
-def bench_weight_inputs(w):
+def weight_files(name):
     """Weight folders the DAG makes: random architectures, and folders under results/ (e.g. the
     digits base model); other paths (HF repo ids, downloaded folders) are read as they are."""
     files = []
-    for path in (BENCH[w.name]["model_path"], BENCH[w.name].get("reward_path")):
+    for path in (BENCH[name]["model_path"], BENCH[name].get("reward_path")):
         if path and path.startswith("random:"):
             files.append(f"{bench_path(path)}/{RANDOM_MARKER[path[7:]]}")
         elif path and path.startswith(f"{RESULTS}/"):
             files.append(f"{path}/config.json")
     return files
+
+
+# Timings are only meaningful on an otherwise idle machine: each bench job waits for every other job
+# of the DAG (the other benchmarks' targets, all weights) and for the bench before it.
+OTHER_TARGETS = [*(rules.gmm_all.input if config.get("gmm") else []),
+                 *(rules.digits_all.input if config.get("digits") else []),
+                 *(rules.t2i_all.input if config.get("t2i") else [])]
+
+
+def bench_inputs(w):
+    names = list(BENCH)
+    before = names[: names.index(w.name)]
+    return [*OTHER_TARGETS, *(f for n in names for f in weight_files(n)),
+            *(f"{BRES}/{n}/bench.json" for n in before[-1:])]
 
 
 rule bench_weights:
@@ -63,7 +78,7 @@ rule bench_prompts:
 
 rule bench:
     input:
-        weights=bench_weight_inputs,
+        after=bench_inputs,
         prompts=f"{BRES}/{{name}}/prompts/train.jsonl",
         settings=lambda w: BENCH[w.name]["settings"],
         knobs=lambda w: BENCH[w.name].get("knobs") or [],
