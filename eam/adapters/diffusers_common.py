@@ -194,7 +194,7 @@ class DiffusersVelocity(VelocityModel):
         vae = self.pipe.vae
         z = x / vae.config.scaling_factor + (getattr(vae.config, "shift_factor", None) or 0.0)
         with self.autocast():
-            img = vae.decode(self.latents(z)).sample  # the VAE is loaded in `precision` too
+            img = vae.decode(self.latents(z, vae.dtype)).sample
         return (img.to(x.dtype) / 2 + 0.5).clamp(0, 1)
 
     def frozen_base(self) -> "FrozenBase":
@@ -214,9 +214,9 @@ class DiffusersVelocity(VelocityModel):
                     denoiser.compile()
         return base, model
 
-    def latents(self, x: torch.Tensor) -> torch.Tensor:
-        """x in the denoiser's dtype and memory format."""
-        x = x.to(self.dtype)
+    def latents(self, x: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """x in the denoiser's (or the given) dtype and in the configured memory format."""
+        x = x.to(dtype or self.dtype)
         return x.contiguous(memory_format=torch.channels_last) if self.options.channels_last else x
 
     # -- files -----------------------------------------------------------------------------------
