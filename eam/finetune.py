@@ -97,8 +97,10 @@ class FinetuneConfig:
             raise ValueError(f"fine-tuning batch {self.batch} must be a multiple of shards {self.shards}")
         for name in ("lam", "lr", "lr_final", "guidance_scale"):
             v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
-                raise ValueError(f"fine-tuning setting {name} must be a positive number, got {v!r}")
+            low_ok = name == "lam" and v == 0  # λ = 0: the no-reward control, which must not drift
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or (v <= 0 and not low_ok):
+                raise ValueError(f"fine-tuning setting {name} must be a {'non-negative' if name == 'lam' else 'positive'} "
+                                 f"number, got {v!r}")
         self.am.__post_init__()
         self.eam.__post_init__()
 

@@ -162,7 +162,7 @@ def am_loss(model: VelocityModel, base: VelocityModel, reward: Reward, lam: floa
 # ---------------------------------------------------------------------------------------------
 # Efficient Adjoint Matching
 # ---------------------------------------------------------------------------------------------
-BASE_SCORES = ("endpoint", "exact", "bridge")
+BASE_SCORES = ("residual", "endpoint", "exact", "bridge")
 
 
 @dataclass
@@ -170,8 +170,8 @@ class EAMConfig:
     ode_steps: int = 8              # K steps of the few-step sampler for x_1
     ode_method: str = "heun"        # "euler" | "heun" (Heun: 2 NFEs per step)
     n_times: int = 8                # M loss timesteps per x_1
-    base_score: str = "endpoint"    # "endpoint" | "exact" | "bridge" (§5)
-    delta: float = 0.05             # endpoint: evaluate the base at t' = 1 - δ
+    base_score: str = "residual"    # "residual" | "endpoint" | "exact" | "bridge" (§5)
+    delta: float = 0.05             # residual, endpoint: evaluate the scores at t' = 1 - δ
     weighting: str = "u"            # "u": weight 4/σ² (u-space), "v": plain v-space regression
     t_min: float = 0.02             # loss times are stratified over [t_min, t_max]
     t_max: float = 0.98
@@ -214,7 +214,10 @@ def eam_times(cfg: EAMConfig, n: int, generator=None, device=None, dtype=None) -
 def eam_loss(model: VelocityModel, base: VelocityModel, reward: Reward, lam: float, x0: torch.Tensor,
              ref: LinearReference, cfg: EAMConfig, cond=None, exact_score=None,
              generator: torch.Generator | None = None) -> LossOutput:
-    """L_EAM = mean ‖(2/σ_t)(v_θ(x_t, t) - v_lin(x_t, t)) + σ_t Φ(t) ∇g(x_1)‖², x_t = α x_1 + β ε."""
+    """L_EAM = mean ‖(2/σ_t)(v_θ(x_t, t) - v_lin(x_t, t)) + σ_t Φ(t) ∇g(x_1)‖², x_t = α x_1 + β ε.
+
+    `residual` (the default, method.md §5.4) regresses instead on sg(v_θ(x_t, t)) - (σ²/2)Φ(t) ∇log(p̂_θ/p̂*)(x_1),
+    both scores at the same near-clean time: its fixed point is the tilted model's own law, whatever sampler drew x_1."""
     cfg.__post_init__()  # fields may have been set after construction
     B, M = x0.shape[0], cfg.n_times
     interp = model.interpolant
@@ -226,8 +229,14 @@ def eam_loss(model: VelocityModel, base: VelocityModel, reward: Reward, lam: flo
         r, grad_r = reward_grad(reward, x1, cond)
     out.nfe["reward_vjp"] += B
 
-    # ∇g(x_1) = ∇log p_lin - ∇log p_base - λ∇r  (§4, §5)
-    if cfg.base_score == "endpoint":
+    # ∇g(x_1) = ∇log p_lin - ∇log p_base - λ∇r  (§4, §5); residual: ∇log p̂_θ - ∇log p̂_base - λ∇r  (§5.4)
+    if cfg.base_score == "residual":
+        with torch.no_grad(), phase("base_fwd"):
+            grad_g = (base_score_endpoint(model, x1, cfg.delta, cond) - base_score_endpoint(base, x1, cfg.delta, cond)
+                      - lam * grad_r)
+        out.nfe["model_fwd"] += B * model.cost
+        out.nfe["base_fwd"] += B * base.cost
+    elif cfg.base_score == "endpoint":
         with torch.no_grad(), phase("base_fwd"):
             grad_g = ref.score_data(x1) - base_score_endpoint(base, x1, cfg.delta, cond) - lam * grad_r
         out.nfe["base_fwd"] += B * base.cost
@@ -250,8 +259,10 @@ def eam_loss(model: VelocityModel, base: VelocityModel, reward: Reward, lam: flo
         with torch.no_grad(), phase("base_fwd"):
             target = base(xt, t, condm) - shift
         out.nfe["base_fwd"] += B * M * base.cost
-    else:
+    elif cfg.base_score in ("endpoint", "exact"):
         target = ref.velocity(xt, t) - shift
+    else:  # residual: sg(v_θ(x_t, t)) - shift, formed in `part` from the training forward itself
+        target = -shift
     weight = 4 / sigma2.flatten() if cfg.weighting == "u" else torch.ones_like(t)
     out.nfe["model_train"] += B * M * model.cost
     out.reward = r
@@ -259,7 +270,8 @@ def eam_loss(model: VelocityModel, base: VelocityModel, reward: Reward, lam: flo
     def part(rows: slice) -> torch.Tensor:  # this part's share of the mean over all B·M rows
         with phase("train_fwd"):
             v_theta = model(xt[rows], t[rows], _slice_cond(condm, rows))
-        return (weight[rows] * _sqnorm(v_theta - target[rows])).sum() / (B * M)
+        tgt = target[rows] + v_theta.detach() if cfg.base_score == "residual" else target[rows]
+        return (weight[rows] * _sqnorm(v_theta - tgt)).sum() / (B * M)
 
     n = cfg.times_per_forward or M
     if n >= M:
