@@ -21,7 +21,7 @@ def _gmm(args):
             if not 0 < args.delta < 1:
                 raise ValueError(f"--delta must lie in (0, 1), got {args.delta}")
             cfg.eam.delta = args.delta
-    elif args.base_score != "endpoint" or args.delta is not None:
+    elif args.base_score != "residual" or args.delta is not None:
         raise ValueError("--base-score and --delta apply to --method eam only")
     for spec in args.set or []:
         _set_field(cfg, spec)
@@ -175,20 +175,38 @@ def _sample(args):
     options = settings.get("model") or {} if isinstance(settings, dict) else None
     if not isinstance(options, dict):
         raise ValueError(f"{args.settings}: the model section must be a mapping of model settings")
+    if args.stream < 0:
+        raise ValueError(f"--stream must be 0 (the evaluation noise) or a positive integer, got {args.stream}")
     sample(args.model, args.model_path, args.prompts, args.per_prompt, args.steps, args.guidance_scale, args.out,
-           model_options=options)
+           model_options=options, stream=args.stream)
     print(args.out)
+
+
+def _named(spec: str) -> tuple[str, str | None]:
+    name, _, path = spec.partition("=")
+    return name, path or None
+
+
+def _tilt_truth(args):
+    from .evaluate import tilt_truth
+
+    if not (args.lam >= 0):
+        raise ValueError(f"--lam must be a non-negative number, got {args.lam}")
+    if args.per_prompt < 2:
+        raise ValueError(f"--per-prompt must be at least 2, got {args.per_prompt}")
+    res = tilt_truth(args.pool, _named(args.reward), args.lam, dict(map(_named, args.metric)), _named(args.features),
+                     args.per_prompt, args.base_samples, args.out, seed=args.seed)
+    flag = " (LOW ESS)" if res["low_ess"] else ""
+    print(f"λ={args.lam:g}: ESS/N ≥ {res['ess_min_fraction']:.2f}{flag}; " + ", ".join(
+        f"E_p*[{k}] {v['mean']:.4f} ± {v['se']:.4f}" for k, v in res["metrics"].items())
+          + f"; distance floor {res['distance_floor']['mean']:.4f} -> {args.out}")
 
 
 def _score(args):
     from .evaluate import score
 
-    metrics = {}
-    for spec in args.metric:
-        name, _, path = spec.partition("=")
-        metrics[name] = path or None
-    fname, _, fpath = args.features.partition("=")
-    res = score(args.samples, args.base_samples, metrics, (fname, fpath or None), args.out)
+    res = score(args.samples, args.base_samples, dict(map(_named, args.metric)), _named(args.features), args.out,
+                pstar_path=args.pstar)
     print(", ".join(f"{k} {v['mean']:.3f}" for k, v in res.items() if isinstance(v, dict) and "mean" in v))
 
 
@@ -207,9 +225,9 @@ def build_parser() -> argparse.ArgumentParser:
     g = sub.add_parser("gmm", help="fine-tune on a Gaussian-mixture case with an exact tilted target")
     g.add_argument("--case", required=True, help="case YAML (dim, components, reward, lambda)")
     g.add_argument("--method", required=True, choices=["am", "eam"])
-    g.add_argument("--base-score", default="endpoint", choices=["endpoint", "exact", "bridge"],
-                   help="EAM's estimator of ∇log p_base(x_1) (method.md §5)")
-    g.add_argument("--delta", type=float, default=None, help="endpoint estimator: t' = 1 - δ (default 0.05)")
+    g.add_argument("--base-score", default="residual", choices=["residual", "endpoint", "exact", "bridge"],
+                   help="EAM's base-score term (docs/method.md §5; default: residual)")
+    g.add_argument("--delta", type=float, default=None, help="residual, endpoint: scores at t' = 1 - δ (default 0.05)")
     g.add_argument("--iters", type=int, default=None, help="training iterations (default: the method's)")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--set", action="append", metavar="KEY=VALUE",
@@ -252,7 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("--reward", required=True, help="registered reward, e.g. digit_classifier")
     ft.add_argument("--reward-path", default=None)
     ft.add_argument("--method", required=True, choices=["am", "eam"])
-    ft.add_argument("--lam", type=float, required=True, help="reward multiplier λ")
+    ft.add_argument("--lam", type=float, required=True, help="reward multiplier λ (0: the no-reward control)")
     ft.add_argument("--seed", type=int, default=0)
     ft.add_argument("--iters", type=int, default=None)
     ft.add_argument("--guidance-scale", type=float, default=None, help="CFG scale of base and model")
@@ -302,14 +320,29 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--steps", type=int, default=40, help="Heun steps")
     sp.add_argument("--guidance-scale", type=float, default=1.0)
     sp.add_argument("--settings", help="fine-tuning settings YAML whose model: section (resolution, precision, ...) applies")
+    sp.add_argument("--stream", type=int, default=0,
+                    help="noise stream: 0 = the evaluation noise (default); 1, 2, ... independent draws (the tilted-law pool)")
     sp.add_argument("--out", required=True, help="samples .safetensors")
     sp.set_defaults(func=_sample)
+
+    tt = sub.add_parser("tilt-truth", help="the tilted law p* ∝ p_base e^{λr} by importance sampling of a base sample pool")
+    tt.add_argument("--pool", required=True, help="base samples of an independent noise stream (`eam sample --stream 1`)")
+    tt.add_argument("--reward", required=True, help="NAME=WEIGHTS_DIR (or NAME) of the reward that defines the tilt")
+    tt.add_argument("--lam", type=float, required=True, help="reward multiplier λ (0: p* is the base)")
+    tt.add_argument("--metric", action="append", required=True, help="NAME=WEIGHTS_DIR (or NAME): E_p*[metric] ± SE")
+    tt.add_argument("--features", required=True, help="NAME=DIR of the model whose features the distance to p* uses")
+    tt.add_argument("--base-samples", required=True, help="the base's evaluation samples (their distance to p*)")
+    tt.add_argument("--per-prompt", type=int, default=32, help="size per prompt of the resampled p* sets (default 32)")
+    tt.add_argument("--seed", type=int, default=0, help="seed of the resampling")
+    tt.add_argument("--out", required=True, help="folder for truth.json, pstar_a.safetensors, pstar_b.safetensors")
+    tt.set_defaults(func=_tilt_truth)
 
     sc = sub.add_parser("score", help="every metric on a sample set")
     sc.add_argument("--samples", required=True)
     sc.add_argument("--base-samples", required=True)
     sc.add_argument("--metric", action="append", required=True, help="NAME=WEIGHTS_DIR (or NAME for no weights)")
     sc.add_argument("--features", required=True, help="NAME=DIR of the classifier for the distance to the base")
+    sc.add_argument("--pstar", default=None, help="resampled p* set (`eam tilt-truth`'s pstar_a): energy distance to it")
     sc.add_argument("--out", required=True)
     sc.set_defaults(func=_score)
 

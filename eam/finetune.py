@@ -126,9 +126,11 @@ def run_identity(cfg: FinetuneConfig, model_name: str, model_path, reward_name: 
             "base_weights_mtime": weights_stamp(model_path)}
 
 
-def eval_batch(records: list[dict], per_prompt: int, shape) -> tuple[torch.Tensor, PromptBatch]:
-    """Fixed noise for evaluation: `per_prompt` draws from each record's own seed."""
-    noise = [torch.randn(per_prompt, *shape, generator=torch.Generator().manual_seed(r["seed"])) for r in records]
+def eval_batch(records: list[dict], per_prompt: int, shape, stream: int = 0) -> tuple[torch.Tensor, PromptBatch]:
+    """Fixed noise for evaluation: `per_prompt` draws from each record's own seed. `stream` > 0 gives
+    other, independent draws (the base pool of the tilted-law estimate must not reuse evaluation noise)."""
+    noise = [torch.randn(per_prompt, *shape, generator=torch.Generator().manual_seed(r["seed"] + 1_000_003 * stream))
+             for r in records]
     rows = [r for r in records for _ in range(per_prompt)]
     return torch.cat(noise), PromptBatch.from_records(rows)
 
