@@ -120,7 +120,7 @@ def _finetune(args):
         raise ValueError(f"{args.settings} must be a mapping of fine-tuning settings")
     settings.update({"method": args.method, "lam": args.lam, "seed": args.seed})
     if args.iters:
-        settings["iters"] = args.iters
+        settings.update(iters=args.iters, budget_nfe=None)  # an explicit --iters replaces an NFE budget
     if args.guidance_scale is not None:
         settings["guidance_scale"] = args.guidance_scale
     if args.device is not None:
@@ -214,7 +214,7 @@ def _finetune_report(args):
     from .report_finetune import finetune_report
 
     grid = dict(spec.split("=", 1) for spec in args.grid or [])
-    for path in finetune_report(args.runs, args.scores, args.base_scores, args.out, grid):
+    for path in finetune_report(args.runs, args.scores, args.base_scores, args.out, grid, truth_paths=args.truth):
         print(path)
 
 
@@ -272,7 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("--method", required=True, choices=["am", "eam"])
     ft.add_argument("--lam", type=float, required=True, help="reward multiplier λ (0: the no-reward control)")
     ft.add_argument("--seed", type=int, default=0)
-    ft.add_argument("--iters", type=int, default=None)
+    ft.add_argument("--iters", type=int, default=None, help="iterations (default: the settings' iters or budget_nfe)")
     ft.add_argument("--guidance-scale", type=float, default=None, help="CFG scale of base and model")
     ft.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: the settings' device, auto)")
     ft.add_argument("--settings", help="YAML of FinetuneConfig settings (lr, batch, model:, am:, eam:, ...)")
@@ -351,6 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
     fr.add_argument("--scores", nargs="+", required=True, help="their score files, in the same order")
     fr.add_argument("--base-scores", required=True)
     fr.add_argument("--grid", nargs="*", help="LABEL=SAMPLES rows of the sample grid")
+    fr.add_argument("--truth", nargs="*", help="tilted-law estimates (`eam tilt-truth`'s truth.json), one per (reward, λ)")
     fr.add_argument("--out", required=True)
     fr.set_defaults(func=_finetune_report)
     return p

@@ -16,7 +16,7 @@ import os
 import shutil
 import signal
 import threading
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import torch
@@ -43,6 +43,8 @@ class FinetuneConfig:
     method: str = "eam"
     lam: float = 10.0                 # reward multiplier λ
     iters: int = 300
+    budget_nfe: int | None = None     # equal compute: iterations = budget_nfe // (the method's NFEs per sample and
+                                      # iteration), replacing `iters`, so AM and EAM spend the same NFEs per sample
     batch: int = 32                   # prompts (and x_1 samples) per iteration, over all processes
     shards: int = 1                   # the batch's shards, each with its own random stream; processes
                                       # share them out, so results do not depend on the process count
@@ -91,6 +93,9 @@ class FinetuneConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"fine-tuning setting {name} must be a positive integer, got {v!r}")
+        b = self.budget_nfe
+        if b is not None and (isinstance(b, bool) or not isinstance(b, (int, float)) or b < 1 or b != int(b)):
+            raise ValueError(f"fine-tuning setting budget_nfe must be a positive integer or null, got {b!r}")
         if self.grad_clip is not None and not (isinstance(self.grad_clip, (int, float)) and self.grad_clip > 0):
             raise ValueError(f"fine-tuning setting grad_clip must be a positive number or null, got {self.grad_clip!r}")
         if self.batch % self.shards:
@@ -103,6 +108,16 @@ class FinetuneConfig:
                                  f"number, got {v!r}")
         self.am.__post_init__()
         self.eam.__post_init__()
+
+    def nfe_per_sample(self, cost: int = 1) -> int:
+        """The method's function evaluations per sample and iteration."""
+        return (self.am if self.method == "am" else self.eam).nfe_per_sample(cost)
+
+    def with_budget(self, cost: int = 1) -> "FinetuneConfig":
+        """A copy whose `iters` spends `budget_nfe` NFEs per sample (at least one iteration)."""
+        if self.budget_nfe is None:
+            return self
+        return replace(self, iters=max(1, int(self.budget_nfe) // self.nfe_per_sample(cost)))
 
 
 def _build(model_name, model_path, reward_name, reward_path, cfg: "FinetuneConfig", device):
@@ -215,6 +230,7 @@ def _finetune(cfg, model_name, model_path, reward_name, reward_path, train_promp
     train, evals = load_prompt_set(train_prompts), load_prompt_set(eval_prompts)
     device = group.device(cfg.device)
     base, model, reward = _build(model_name, model_path, reward_name, reward_path, cfg, device)
+    cfg = cfg.with_budget(model.cost)
     shape = tuple(model.sample_shape)
     ref = LinearReference(model.interpolant)
     opt = torch.optim.Adam(model.trainable_parameters(), lr=cfg.lr)

@@ -73,6 +73,20 @@ class AMConfig:
             raise ValueError(f"unknown AM time subset {self.time_subset!r}; expected last_random, stratified or all")
 
 
+    def nfe_per_sample(self, cost: int = 1) -> int:
+        """Function evaluations per sample and iteration, as `am_loss` counts them (`cost`: forwards per
+        model evaluation, 2 under classifier-free guidance)."""
+        N = self.n_steps
+        if self.time_subset == "all":
+            k = N
+        elif self.time_subset == "last_random":
+            k = min(self.n_last, N) + min(self.n_random, max(N - self.n_last, 0))
+        else:
+            mid = round(0.6 * N)
+            k = min(self.n_stratified // 2, mid) + min(self.n_stratified - self.n_stratified // 2, N - mid)
+        return (2 * N + k) * cost + 1  # N sampling forwards, N base VJPs, |K| training passes, 1 reward VJP
+
+
 class QuantileClipper:
     """The official AM code's per-sample clipping: an EMA (decay 0.9; a plain running average while
     fewer than 1/decay updates were made) of the q-quantile of sqrt(loss); entries at or above it
@@ -175,6 +189,7 @@ class EAMConfig:
     weighting: str = "u"            # "u": weight 4/σ² (u-space), "v": plain v-space regression
     t_min: float = 0.02             # loss times are stratified over [t_min, t_max]
     t_max: float = 0.98
+    consistency: float = 0.0       # residual: weight γ of the endpoint target mixed in (§5.4); 0 = pure residual
     times_per_forward: int | None = None  # loss timesteps per training forward: None = all M in one
                                           # forward of B·M rows; fewer = ceil(M / n) forwards, each
                                           # backpropagated on its own (less activation memory)
@@ -193,6 +208,14 @@ class EAMConfig:
         n = self.times_per_forward
         if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
             raise ValueError(f"EAM times_per_forward must be a positive integer or null, got {self.times_per_forward!r}")
+        if isinstance(self.consistency, bool) or not isinstance(self.consistency, (int, float)) or not 0 <= self.consistency <= 1:
+            raise ValueError(f"EAM consistency must lie in [0, 1], got {self.consistency!r}")
+
+    def nfe_per_sample(self, cost: int = 1) -> int:
+        """Function evaluations per sample (x_1) and iteration, as `eam_loss` counts them."""
+        sampling = self.ode_steps * (2 if self.ode_method == "heun" else 1)
+        base = {"residual": 2, "endpoint": 1, "exact": 0, "bridge": self.n_times}[self.base_score]
+        return (sampling + base + self.n_times) * cost + 1  # + M training passes, 1 reward VJP
 
 
 def base_score_endpoint(base: VelocityModel, x1: torch.Tensor, delta: float, cond=None) -> torch.Tensor:
@@ -232,8 +255,9 @@ def eam_loss(model: VelocityModel, base: VelocityModel, reward: Reward, lam: flo
     # ∇g(x_1) = ∇log p_lin - ∇log p_base - λ∇r  (§4, §5); residual: ∇log p̂_θ - ∇log p̂_base - λ∇r  (§5.4)
     if cfg.base_score == "residual":
         with torch.no_grad(), phase("base_fwd"):
-            grad_g = (base_score_endpoint(model, x1, cfg.delta, cond) - base_score_endpoint(base, x1, cfg.delta, cond)
-                      - lam * grad_r)
+            s_base = base_score_endpoint(base, x1, cfg.delta, cond)
+            grad_g = base_score_endpoint(model, x1, cfg.delta, cond) - s_base - lam * grad_r
+            grad_g_endpoint = ref.score_data(x1) - s_base - lam * grad_r
         out.nfe["model_fwd"] += B * model.cost
         out.nfe["base_fwd"] += B * base.cost
     elif cfg.base_score == "endpoint":
@@ -263,6 +287,9 @@ def eam_loss(model: VelocityModel, base: VelocityModel, reward: Reward, lam: flo
         target = ref.velocity(xt, t) - shift
     else:  # residual: sg(v_θ(x_t, t)) - shift, formed in `part` from the training forward itself
         target = -shift
+        if cfg.consistency:
+            gme = grad_g_endpoint.repeat(M, *[1] * (x1.dim() - 1))
+            endpoint_target = ref.velocity(xt, t) - 0.5 * sigma2 * ref.phi(t, xt) * gme
     weight = 4 / sigma2.flatten() if cfg.weighting == "u" else torch.ones_like(t)
     out.nfe["model_train"] += B * M * model.cost
     out.reward = r
@@ -270,7 +297,11 @@ def eam_loss(model: VelocityModel, base: VelocityModel, reward: Reward, lam: flo
     def part(rows: slice) -> torch.Tensor:  # this part's share of the mean over all B·M rows
         with phase("train_fwd"):
             v_theta = model(xt[rows], t[rows], _slice_cond(condm, rows))
-        tgt = target[rows] + v_theta.detach() if cfg.base_score == "residual" else target[rows]
+        tgt = target[rows]
+        if cfg.base_score == "residual":
+            tgt = tgt + v_theta.detach()
+            if cfg.consistency:
+                tgt = tgt + cfg.consistency * (endpoint_target[rows] - tgt)
         return (weight[rows] * _sqnorm(v_theta - tgt)).sum() / (B * M)
 
     n = cfg.times_per_forward or M

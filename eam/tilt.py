@@ -50,9 +50,10 @@ def truth(log_w: torch.Tensor, metrics: dict[str, torch.Tensor]) -> dict:
     e = ess(w)
     N = log_w.shape[-1]
     out = {name: tilted_mean(v, w) for name, v in metrics.items()}
+    flat = torch.full_like(w, 1.0 / N)
     frac = float(e.min() / N)
-    return {"metrics": out, "ess": e.tolist(), "ess_min_fraction": frac, "n_per_prompt": N,
-            "low_ess": frac < ESS_WARN}
+    return {"metrics": out, "base_metrics": {name: tilted_mean(v, flat) for name, v in metrics.items()},
+            "ess": e.tolist(), "ess_min_fraction": frac, "n_per_prompt": N, "low_ess": frac < ESS_WARN}
 
 
 def energy_distance(x: torch.Tensor, y: torch.Tensor) -> float:

@@ -101,3 +101,34 @@ def test_eam_loss_by_parts_has_the_gradient_of_one_forward():
         out = eam_loss(model, base, reward, 1.0, x0, ref, EAMConfig(ode_steps=4, n_times=8, times_per_forward=3),
                        cond, generator=torch.Generator().manual_seed(0))
     assert not out.parts and abs(out.loss.item() - losses[0]) < 1e-5 * abs(losses[0])
+
+
+class _Guided(GMMVelocity):
+    """A GMM velocity that costs two forwards per evaluation, as a guided model does."""
+
+    cost = 2
+
+
+class _GuidedResidual(ResidualVelocity):
+    cost = 2
+
+
+@torch.no_grad()
+def test_nfe_per_sample_equals_what_the_losses_count():
+    """`nfe_per_sample` (the equal-compute budget's unit) against the losses' own NFE ledgers, for every AM
+    time subset and EAM base-score estimator, Euler and Heun, with and without a two-forward model."""
+    mix = GaussianMixture([0.5, 0.5], [[-1.0, 0.0], [1.0, 0.5]], [[[0.3, 0.0], [0.0, 0.2]]] * 2)
+    reward, ref, B = LinearReward([1.0, -0.5]), LinearReference(RectifiedFlow()), 8
+    for cls, residual in ((GMMVelocity, ResidualVelocity), (_Guided, _GuidedResidual)):
+        base = cls(mix, RectifiedFlow())
+        model = residual(cls(mix, RectifiedFlow()), MLP(2, hidden=8, depth=1))
+        model_cost = base.cost
+        for am in (AMConfig(n_steps=10, n_last=3, n_random=4), AMConfig(n_steps=3, n_last=2, n_random=5),
+                   AMConfig(n_steps=10, time_subset="stratified", n_stratified=5), AMConfig(n_steps=6, time_subset="all")):
+            out = am_loss(model, base, reward, 1.0, torch.randn(B, 2), am)
+            assert sum(out.nfe.values()) == B * am.nfe_per_sample(model_cost), am
+        for bs in ("residual", "endpoint", "exact", "bridge"):
+            for method in ("euler", "heun"):
+                eam = EAMConfig(ode_steps=3, ode_method=method, n_times=5, base_score=bs)
+                out = eam_loss(model, base, reward, 1.0, torch.randn(B, 2), ref, eam, exact_score=mix.score)
+                assert sum(out.nfe.values()) == B * eam.nfe_per_sample(model_cost), (bs, method)

@@ -101,6 +101,58 @@ rule digits_finetune:
         "--eval-prompts {input.prompts[1]} --guidance-scale {params.guidance} --out {params.out} --quiet > {log} 2>&1"
 
 
+rule digits_pool:
+    input:
+        model=f"{DRES}/models/base/model.safetensors",
+        prompts=rules.digits_prompts.output.eval,
+    output:
+        f"{DRES}/truth/pool.safetensors",
+    params:
+        model=f"{DRES}/models/base",
+        per_prompt=DIG["truth"]["pool_per_prompt"],
+        steps=DIG["eval"]["steps"],
+        guidance=DIG["guidance_scale"],
+    log:
+        f"{RESULTS}/logs/digits/truth/pool.log",
+    threads: 1
+    shell:
+        "OMP_NUM_THREADS={threads} eam sample --model digits_flow --model-path {params.model} --prompts {input.prompts} "
+        "--per-prompt {params.per_prompt} --steps {params.steps} --guidance-scale {params.guidance} --stream 1 "
+        "--out {output} > {log} 2>&1"
+
+
+TRUTH = "{reward}/lam{lam}"
+TRUTH_FILES = ["truth.json", "pstar_a.safetensors", "pstar_b.safetensors"]
+
+
+rule digits_tilt_truth:
+    input:
+        pool=rules.digits_pool.output,
+        base=f"{DRES}/samples/base.safetensors",
+        models=[f"{reward_dir(n)}/model.safetensors" for n in sorted({*DIG["metrics"], *DIG["rewards"], "digit_classifier"})
+                if reward_dir(n)],
+    output:
+        expand(f"{DRES}/truth/{TRUTH}/{{f}}", f=TRUTH_FILES, allow_missing=True),
+    params:
+        reward=lambda w: f"{w.reward}={reward_dir(w.reward)}" if reward_dir(w.reward) else w.reward,
+        metrics=metric_args(DIG["metrics"]),
+        per_prompt=DIG["eval"]["per_prompt"],
+        out=f"{DRES}/truth/{TRUTH}",
+    log:
+        f"{RESULTS}/logs/digits/truth/{TRUTH}.log",
+    threads: 1
+    shell:
+        "OMP_NUM_THREADS={threads} eam tilt-truth --pool {input.pool} --reward {params.reward} --lam {wildcards.lam} "
+        "{params.metrics} --features digit_classifier={DRES}/models/digit_classifier --base-samples {input.base} "
+        "--per-prompt {params.per_prompt} --out {params.out} > {log} 2>&1"
+
+
+def truth_dir(run):
+    """The tilted-law folder of a run `method/reward/lamL/seedS`."""
+    _, reward, lam, _ = run.split("/")
+    return f"{DRES}/truth/{reward}/{lam}"
+
+
 def model_dir(w):
     return f"{DRES}/models/base" if w.run == "base" else f"{DRES}/runs/{w.run}"
 
@@ -130,16 +182,18 @@ rule digits_score:
         samples=f"{DRES}/samples/{{run}}.safetensors",
         base=f"{DRES}/samples/base.safetensors",
         models=[f"{reward_dir(n)}/model.safetensors" for n in sorted({*DIG["metrics"], "digit_classifier"}) if reward_dir(n)],
+        pstar=lambda w: [] if w.run == "base" else f"{truth_dir(w.run)}/pstar_a.safetensors",
     output:
         f"{DRES}/scores/{{run}}.json",
     params:
         metrics=metric_args(DIG["metrics"]),
+        pstar=lambda w, input: f"--pstar {input.pstar}" if input.pstar else "",
     log:
         f"{RESULTS}/logs/digits/scores/{{run}}.log",
     threads: 1
     shell:
         "OMP_NUM_THREADS={threads} eam score --samples {input.samples} --base-samples {input.base} {params.metrics} "
-        "--features digit_classifier={DRES}/models/digit_classifier --out {output} > {log} 2>&1"
+        "--features digit_classifier={DRES}/models/digit_classifier {params.pstar} --out {output} > {log} 2>&1"
 
 
 rule digits_report:
@@ -147,13 +201,14 @@ rule digits_report:
         runs=expand(f"{DRES}/runs/{{run}}/metrics.jsonl", run=RUNS),
         scores=expand(f"{DRES}/scores/{{run}}.json", run=RUNS),
         base=f"{DRES}/scores/base.json",
+        truth=expand(f"{DRES}/truth/{TRUTH}/truth.json", reward=DIG["rewards"], lam=DIG["lambdas"]),
         grid=[f"{DRES}/samples/base.safetensors",
               *(f"{DRES}/samples/{m}/{DIG['rewards'][0]}/lam{max(DIG['lambdas'])}/seed{DIG['seeds'][0]}.safetensors"
                 for m in DIG["methods"])],
     output:
         expand(f"{DRES}/report/{{f}}", f=["reward_vs_time.png", "reward_vs_nfe.png", "tradeoff.png", "samples.png",
                                           "table.csv", "table.md", "table.tex", "time_to_threshold.csv",
-                                          "time_to_quality.md", "time_to_quality.png"]),
+                                          "time_to_quality.md", "time_to_quality.png", "verdict.md"]),
     params:
         runs=expand(f"{DRES}/runs/{{run}}", run=RUNS),
         grid=" ".join(["base=" + f"{DRES}/samples/base.safetensors",
@@ -163,7 +218,7 @@ rule digits_report:
         f"{RESULTS}/logs/digits/report.log",
     shell:
         "eam finetune-report --runs {params.runs} --scores {input.scores} --base-scores {input.base} "
-        "--grid {params.grid} --out {DRES}/report > {log} 2>&1"
+        "--truth {input.truth} --grid {params.grid} --out {DRES}/report > {log} 2>&1"
 
 
 rule digits_all:
