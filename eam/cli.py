@@ -118,7 +118,12 @@ def _finetune(args):
     settings = _load_yaml(args.settings) if args.settings else {}
     if not isinstance(settings, dict):
         raise ValueError(f"{args.settings} must be a mapping of fine-tuning settings")
-    settings.update({"method": args.method, "lam": args.lam, "seed": args.seed})
+    method, _, variant = args.method.partition("-")  # eam-endpoint: EAM with that base-score estimator
+    settings.update({"method": method, "lam": args.lam, "seed": args.seed})
+    if variant and method != "eam":
+        raise ValueError(f"--method {args.method}: only eam takes a variant (eam-residual, eam-endpoint, ...)")
+    if variant:
+        settings["eam"] = {**(settings.get("eam") or {}), "base_score": variant}
     if args.iters:
         settings.update(iters=args.iters, budget_nfe=None)  # an explicit --iters replaces an NFE budget
     if args.guidance_scale is not None:
@@ -128,7 +133,7 @@ def _finetune(args):
     cfg = FinetuneConfig.from_dict(settings)
     try:
         s = finetune(cfg, args.model, args.model_path, args.reward, args.reward_path, args.prompts, args.eval_prompts,
-                     args.out, progress=not args.quiet, resume=args.resume)
+                     args.out, progress=not args.quiet, resume=args.resume, label=args.method)
     except Preempted as e:
         print(f"eam: {e}", file=sys.stderr)
         raise SystemExit(128 + e.signum) from None
@@ -269,7 +274,9 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("--model-path", required=True)
     ft.add_argument("--reward", required=True, help="registered reward, e.g. digit_classifier")
     ft.add_argument("--reward-path", default=None)
-    ft.add_argument("--method", required=True, choices=["am", "eam"])
+    ft.add_argument("--method", required=True,
+                    help="am, eam (the settings' EAM variant) or eam-VARIANT with VARIANT a base-score estimator: "
+                         "residual, endpoint, exact, bridge (docs/method.md §5)")
     ft.add_argument("--lam", type=float, required=True, help="reward multiplier λ (0: the no-reward control)")
     ft.add_argument("--seed", type=int, default=0)
     ft.add_argument("--iters", type=int, default=None, help="iterations (default: the settings' iters or budget_nfe)")

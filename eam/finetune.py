@@ -202,16 +202,17 @@ def _resumable_state(work: Path, identity: dict, log_lines: int):
 
 
 def finetune(cfg: FinetuneConfig, model_name: str, model_path, reward_name: str, reward_path, train_prompts,
-             eval_prompts, out, progress: bool = True, resume: str = "auto") -> dict:
+             eval_prompts, out, progress: bool = True, resume: str = "auto", label: str | None = None) -> dict:
     """Fine-tune and write `out/` (model weights + config.json, metrics.jsonl). With resume="auto"
-    it continues from the newest valid checkpoint in `out.work/`; "never" starts over."""
+    it continues from the newest valid checkpoint in `out.work/`; "never" starts over. `label` names the
+    run's method in reports (e.g. eam-endpoint for an ablation; default: the method)."""
     cfg.validate()
     if resume not in ("auto", "never"):
         raise ValueError(f"unknown resume mode {resume!r}; expected auto or never")
     group = Group()
     try:
         return _finetune(cfg, model_name, model_path, reward_name, reward_path, train_prompts, eval_prompts, out,
-                         progress, resume, group)
+                         progress, resume, group, label or cfg.method)
     finally:
         group.close()
 
@@ -222,7 +223,7 @@ def _shard_generator(cfg: FinetuneConfig, it: int, shard: int) -> torch.Generato
 
 
 def _finetune(cfg, model_name, model_path, reward_name, reward_path, train_prompts, eval_prompts, out, progress,
-              resume, group: Group) -> dict:
+              resume, group: Group, label: str) -> dict:
     if cfg.shards % group.world:
         raise ValueError(f"fine-tuning shards {cfg.shards} must be a multiple of the number of processes {group.world}")
     out, work = Path(out), Path(str(out) + ".work")
@@ -337,7 +338,7 @@ def _finetune(cfg, model_name, model_path, reward_name, reward_path, train_promp
 
     if group.main:
         model.config = {**model.config, "finetune": {**asdict(cfg), "reward": reward_name, "base": str(model_path),
-                                                     "processes": group.world}}
+                                                     "processes": group.world, "label": label}}
         model.save(out)
         shutil.copyfile(log_path, work / "metrics.done.jsonl")
         (work / "metrics.done.jsonl").replace(out / "metrics.jsonl")

@@ -19,7 +19,18 @@ import numpy as np  # noqa: E402
 
 from .io import atomic_path, write_text  # noqa: E402
 
-COLORS = {"am": "tab:blue", "eam": "tab:orange"}
+COLORS = {"am": "tab:blue", "eam": "tab:orange", "eam-endpoint": "tab:green", "eam-residual": "tab:red",
+          "eam-bridge": "tab:purple"}
+
+
+def _color(method: str) -> str:
+    return COLORS.get(method, "tab:gray")
+
+
+def _methods(runs) -> list[str]:
+    """Method labels present: AM, EAM, then ablations (e.g. eam-endpoint)."""
+    order = list(COLORS)
+    return sorted({r["method"] for r in runs}, key=lambda m: (order.index(m) if m in order else len(order), m))
 
 
 def _read_json(path):
@@ -36,7 +47,7 @@ def load_run(run_dir, score_path) -> dict:
     if ft is None:
         raise ValueError(f"{run_dir} is not a fine-tuning run (config.json has no 'finetune'); re-run `eam finetune`")
     curve = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return {"method": ft["method"], "reward": ft["reward"], "lam": ft["lam"], "seed": ft["seed"],
+    return {"method": ft.get("label") or ft["method"], "reward": ft["reward"], "lam": ft["lam"], "seed": ft["seed"],
             "curve": [r for r in curve if "eval_reward" in r], "log": curve, "scores": _read_json(score_path)}
 
 
@@ -64,7 +75,7 @@ def time_to_threshold(runs: list[dict], fraction: float = 0.9, truth: dict | Non
         pairs[(r["reward"], r["lam"], r["seed"])][r["method"]] = r
     rows = []
     for (reward, lam, seed), m in sorted(pairs.items()):
-        if not {"am", "eam"} <= set(m):
+        if not {"am", "eam"} <= set(m) or lam == 0:  # λ = 0: the control has no gap to close
             continue
         am = m["am"]["curve"]
         t = (truth or {}).get((reward, lam))
@@ -147,7 +158,7 @@ def _time_to_quality_figure(rows: list[dict], path: Path):
             xs = np.arange(len(rs))
             for d, m in ((-0.2, "am"), (0.2, "eam")):
                 vals = [r[f"{m}_{unit}"] for r in rs]
-                ax.bar(xs + d, [v if math.isfinite(v) else 0 for v in vals], 0.4, color=COLORS[m], label=m.upper())
+                ax.bar(xs + d, [v if math.isfinite(v) else 0 for v in vals], 0.4, color=_color(m), label=m.upper())
             for x, r in zip(xs, rs):
                 ratio = r[f"ratio_{unit}"]
                 top = max((v for v in (r[f"am_{unit}"], r[f"eam_{unit}"]) if math.isfinite(v)), default=0)
@@ -174,7 +185,7 @@ def _curves(runs, key, xlabel, path, truth=None):
     keys = sorted(groups)
     fig, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys), 4), constrained_layout=True, squeeze=False)
     for ax, k in zip(axes[0], keys):
-        for method in ("am", "eam"):
+        for method in _methods(runs):
             rs = [r for r in groups[k] if r["method"] == method]
             if not rs:
                 continue
@@ -182,8 +193,8 @@ def _curves(runs, key, xlabel, path, truth=None):
             xs = np.array([[p[key] for p in r["curve"][:n]] for r in rs])
             ys = np.array([[p["eval_reward"] for p in r["curve"][:n]] for r in rs])
             x = xs.mean(0)
-            ax.plot(x, ys.mean(0), color=COLORS[method], marker="o", ms=3, label=f"{method.upper()} (mean of {len(rs)} seeds)")
-            ax.fill_between(x, ys.min(0), ys.max(0), color=COLORS[method], alpha=0.2, lw=0)
+            ax.plot(x, ys.mean(0), color=_color(method), marker="o", ms=3, label=f"{method.upper()} (mean of {len(rs)} seeds)")
+            ax.fill_between(x, ys.min(0), ys.max(0), color=_color(method), alpha=0.2, lw=0)
         t = (truth or {}).get(k)
         if t is not None:
             start = np.mean([r["curve"][0]["eval_reward"] for r in groups[k]])
@@ -204,7 +215,7 @@ def _tradeoff(runs, base, path):
     fig, axes = plt.subplots(1, len(rewards), figsize=(5.5 * len(rewards), 4.2), constrained_layout=True, squeeze=False)
     for ax, reward in zip(axes[0], rewards):
         ax.errorbar([0.0], [base[reward]["mean"]], yerr=[base[reward]["se"]], fmt="ks", label="base")
-        for method in ("am", "eam"):
+        for method in _methods(runs):
             pts = defaultdict(list)
             for r in runs:
                 if r["reward"] == reward and r["method"] == method:
@@ -212,7 +223,7 @@ def _tradeoff(runs, base, path):
             lams = sorted(pts)
             fd = [np.mean([p[0] for p in pts[lam]]) for lam in lams]
             rw = [np.mean([p[1] for p in pts[lam]]) for lam in lams]
-            ax.plot(fd, rw, "-o", color=COLORS[method], label=method.upper())
+            ax.plot(fd, rw, "-o", color=_color(method), label=method.upper())
             for lam, x, y in zip(lams, fd, rw):
                 ax.annotate(f"λ={lam:g}", (x, y), textcoords="offset points", xytext=(4, -10), fontsize=7)
         ax.set(title=f"{reward}: reward vs distance to the base (across λ)",
@@ -365,9 +376,12 @@ def verdict_table(runs: list[dict], truth: dict, tt: list[dict]) -> str:
         floor = t["distance_floor"]["mean"]
         ok = "within 1.5 × floor + SE" if within_floor(d, dse, floor) else "**off p***"
         ratios = [x["ratio_s"] for x in tq.get((reward, lam), []) if math.isfinite(x["ratio_s"])]
-        reached = sum(math.isfinite(x[f"{method}_s"]) for x in tq.get((reward, lam), []))
-        ttq = "-" if lam == 0 else f"{method.upper()} reached in {reached}/{len(tq.get((reward, lam), []))} seeds" + (
-            f"; AM/EAM {ratio_summary(ratios)}" if method == "eam" and ratios else "")
+        pairs = tq.get((reward, lam), [])
+        ttq = "-"
+        if lam > 0 and method in ("am", "eam") and pairs:
+            reached = sum(math.isfinite(x[f"{method}_s"]) for x in pairs)
+            ttq = f"{method.upper()} reached in {reached}/{len(pairs)} seeds" + (
+                f"; AM/EAM {ratio_summary(ratios)}" if method == "eam" and ratios else "")
         lines.append(f"| {reward} | {lam:g} | {method.upper()} | {len(rs)} | {v:.4f} ± {vse:.4f} | "
                      f"{star['mean']:.4f} ± {star['se']:.4f}{' †' if t['low_ess'] else ''} | {closed} | "
                      f"{d:.4f} ± {dse:.4f} | {floor:.4f} | {ok} | {ttq} |")

@@ -8,7 +8,9 @@ if not set(DIG["rewards"]) <= set(DIG["metrics"]):
     raise WorkflowError(f"digits.rewards {sorted(set(DIG['rewards']) - set(DIG['metrics']))} must also be listed "
                         "in digits.metrics (the report compares the training reward across runs)")
 RUN = "{method}/{reward}/lam{lam}/seed{seed}"
-RUNS = expand(RUN, method=DIG["methods"], reward=DIG["rewards"], lam=DIG["lambdas"], seed=DIG["seeds"])
+# ablations (e.g. eam-endpoint: EAM with the old base-score estimator) run on the first seed only
+RUNS = expand(RUN, method=DIG["methods"], reward=DIG["rewards"], lam=DIG["lambdas"], seed=DIG["seeds"]) + \
+    expand(RUN, method=DIG.get("ablations") or [], reward=DIG["rewards"], lam=DIG["lambdas"], seed=DIG["seeds"][:1])
 MODEL_FILES = ["config.json", "model.safetensors"]
 
 
