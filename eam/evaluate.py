@@ -174,9 +174,9 @@ def tilt_truth(pool_path, reward: tuple[str, str | None], lam: float, metrics: d
     result.update({
         "features": features[0], "resampled_per_prompt": per_prompt,
         "ess_halves": [tilt.ess(tilt.snis_weights(log_w[:, lo:lo + half])).tolist() for lo in (0, half)],
-        # energy distance in feature space, per prompt, mean ± SE over prompts
-        "distance_floor": tilt.energy_distance_per_prompt(fb, fa, per_prompt, per_prompt),
-        "base_distance_to_pstar": tilt.energy_distance_per_prompt(fbase, fa, int(meta_b["per_prompt"]), per_prompt)})
+        # energy distance in feature space, pooled over prompts, ± jackknife SE over prompts
+        "distance_floor": tilt.energy_distance_grouped(fb, fa, per_prompt, per_prompt),
+        "base_distance_to_pstar": tilt.energy_distance_grouped(fbase, fa, int(meta_b["per_prompt"]), per_prompt)})
     write_json(Path(out) / "truth.json", result)
     return result
 
@@ -198,13 +198,13 @@ def score(samples_path, base_samples_path, metrics: dict, features: tuple[str, s
     per_prompt = int(meta["per_prompt"])
     feat = load_reward(*features)
     fx, fb = (_feature_values(feat, s, c) for s, c in ((x, cond), (xb, cond_b)))
-    if pstar_path is not None:  # energy distance to a resampled p* set (`tilt_truth`), per prompt
-        from .tilt import energy_distance_per_prompt
+    if pstar_path is not None:  # energy distance to a resampled p* set (`tilt_truth`)
+        from .tilt import energy_distance_grouped
 
         xp, cond_p, meta_p = load_samples(pstar_path)
         if cond_p.texts[::int(meta_p["per_prompt"])] != cond.texts[::per_prompt]:
             raise ValueError(f"{samples_path} and {pstar_path} were sampled from different prompt sets")
-        result["distance_to_pstar"] = energy_distance_per_prompt(fx, _feature_values(feat, xp, cond_p), per_prompt,
+        result["distance_to_pstar"] = energy_distance_grouped(fx, _feature_values(feat, xp, cond_p), per_prompt,
                                                                  int(meta_p["per_prompt"]))
         result["pstar"] = str(pstar_path)
     if x.dim() == 4 and x.shape[1] == 3:

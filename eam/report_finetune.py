@@ -67,9 +67,10 @@ def time_to(curve: list[dict], level: float, key: str) -> float:
 
 def time_to_threshold(runs: list[dict], fraction: float = 0.9, truth: dict | None = None) -> list[dict]:
     """Per (reward, λ, seed): wall-clock and NFEs each method needs to close `fraction` of the gap
-    between the base and the tilted law (E_p*[r] - E_base[r] from `truth[(reward, λ)]`, added to the
-    curve's own starting value, since every run's curve starts from the base on the same batch) or,
-    without a tilted-law estimate, of AM's final gain; and the AM/EAM ratios."""
+    between the base and the tilted law, r0 + fraction · (E_p*[r] - r0), with r0 the curves' own starting
+    value (the base on the evaluation batch; every run uses the same noise) and E_p*[r] from the pool of
+    `truth[(reward, λ)]` (absolute: near p* the batch's mean has little spread, while the base's is wide);
+    without a tilted-law estimate, `fraction` of AM's final gain over r0; and the AM/EAM ratios."""
     pairs = defaultdict(dict)
     for r in runs:
         pairs[(r["reward"], r["lam"], r["seed"])][r["method"]] = r
@@ -80,10 +81,7 @@ def time_to_threshold(runs: list[dict], fraction: float = 0.9, truth: dict | Non
         am = m["am"]["curve"]
         t = (truth or {}).get((reward, lam))
         r0 = am[0]["eval_reward"]
-        if t is not None:
-            gain = t["metrics"][reward]["mean"] - t["base_metrics"][reward]["mean"]
-        else:
-            gain = am[-1]["eval_reward"] - r0
+        gain = (t["metrics"][reward]["mean"] if t is not None else am[-1]["eval_reward"]) - r0
         level = r0 + fraction * gain
         row = {"reward": reward, "lam": lam, "seed": seed, "threshold": level,
                "target": "tilted law" if t is not None else "AM's final value"}
@@ -177,8 +175,8 @@ def _time_to_quality_figure(rows: list[dict], path: Path):
 
 
 def _curves(runs, key, xlabel, path, truth=None):
-    """Evaluation reward against wall-clock or NFEs per (reward, λ); the tilted law's value as a horizontal
-    line, placed at the curves' starting value plus E_p*[r] - E_base[r] (the batch's offset from the pool cancels)."""
+    """Evaluation reward against wall-clock or NFEs per (reward, λ); the tilted law's value E_p*[r] as a
+    horizontal line and the time-to-quality level (90% of the base → p* gap) dotted."""
     groups = defaultdict(list)
     for r in runs:
         groups[(r["reward"], r["lam"])].append(r)
@@ -197,9 +195,10 @@ def _curves(runs, key, xlabel, path, truth=None):
             ax.fill_between(x, ys.min(0), ys.max(0), color=_color(method), alpha=0.2, lw=0)
         t = (truth or {}).get(k)
         if t is not None:
-            start = np.mean([r["curve"][0]["eval_reward"] for r in groups[k]])
-            gap = t["metrics"][k[0]]["mean"] - t["base_metrics"][k[0]]["mean"]
-            ax.axhline(start + gap, color="k", ls="--", lw=1, label="tilted law p* (SNIS)")
+            star, start = t["metrics"][k[0]]["mean"], np.mean([r["curve"][0]["eval_reward"] for r in groups[k]])
+            ax.axhline(star, color="k", ls="--", lw=1, label="tilted law p* (SNIS)")
+            if k[1] > 0:
+                ax.axhline(start + 0.9 * (star - start), color="k", ls=":", lw=1, label="90% of the base → p* gap")
         ax.set(title=f"reward {k[0]}, λ = {k[1]:g}", xlabel=xlabel,
                ylabel=f"{k[0]}, training-time eval batch")
         ax.ticklabel_format(axis="x", style="sci", scilimits=(-3, 4))
@@ -351,7 +350,7 @@ def load_truth(paths) -> dict:
     return truth
 
 
-def verdict_table(runs: list[dict], truth: dict, tt: list[dict]) -> str:
+def verdict_table(runs: list[dict], truth: dict, tt: list[dict], base_scores: dict) -> str:
     """Markdown: per (training reward, λ), each method against the tilted law: the training reward with the
     fraction of the base → p* gap it closed, the energy distance to p* against its floor, and the AM/EAM time
     to quality with its interval over seeds."""
@@ -368,9 +367,9 @@ def verdict_table(runs: list[dict], truth: dict, tt: list[dict]) -> str:
             continue
         v, vse = _seed_mean_se(np.array([r["scores"][reward]["mean"] for r in rs]),
                                np.array([r["scores"][reward]["se"] for r in rs]))
-        star, base = t["metrics"][reward], t["base_metrics"][reward]
+        star, base = t["metrics"][reward], base_scores[reward]  # the base on the runs' own evaluation noise
         gap = star["mean"] - base["mean"]
-        closed = f"{(v - base['mean']) / gap:.0%}" if lam > 0 and abs(gap) > 2 * star["se"] else "-"
+        closed = f"{(v - base['mean']) / gap:.0%}" if lam > 0 and abs(gap) > 2 * (star["se"] + base["se"]) else "-"
         d, dse = _seed_mean_se(np.array([r["scores"]["distance_to_pstar"]["mean"] for r in rs]),
                                np.array([r["scores"]["distance_to_pstar"]["se"] for r in rs]))
         floor = t["distance_floor"]["mean"]
@@ -385,10 +384,12 @@ def verdict_table(runs: list[dict], truth: dict, tt: list[dict]) -> str:
         lines.append(f"| {reward} | {lam:g} | {method.upper()} | {len(rs)} | {v:.4f} ± {vse:.4f} | "
                      f"{star['mean']:.4f} ± {star['se']:.4f}{' †' if t['low_ess'] else ''} | {closed} | "
                      f"{d:.4f} ± {dse:.4f} | {floor:.4f} | {ok} | {ttq} |")
-    lines.append("\nBase and p*: SNIS over a pool of fresh base samples (independent of the evaluation noise); "
-                 "† marks ESS/N < 0.1. Gap closed: (run − base) / (p* − base) on the training reward. ED: energy distance "
-                 "per prompt, in the training classifier's features, between the run's evaluation samples and a p* set "
-                 "resampled from the pool; floor: the same distance between two p* sets from disjoint halves of the pool.")
+    lines.append("\np*: SNIS over a pool of fresh base samples (independent of the evaluation noise); "
+                 "† marks ESS/N < 0.1. Gap closed: (run − base) / (p* − base) on the training reward, run and base on the same "
+                 "evaluation noise. ED: energy distance "
+                 "in the training classifier's features, between the run's evaluation samples and a p* set "
+                 "resampled from the pool (pooled over prompts, ± jackknife SE over prompts); floor: the same distance between two "
+                 "p* sets from disjoint halves of the pool.")
     return "\n".join(lines) + "\n"
 
 
@@ -434,7 +435,7 @@ def finetune_report(run_dirs, score_paths, base_score_path, out, grid: dict | No
     write_text(out / "table.csv", table_csv)
     write_text(out / "table.tex", table_tex)
     pstar_note = ("p* rows: the tilted law by self-normalised importance sampling of a fresh base pool († ESS/N < 0.1); "
-                  "ED to p*: energy distance per prompt in the training classifier's features to a resampled p* set, "
+                  "ED to p*: energy distance (pooled over prompts, ± jackknife SE) in the training classifier's features to a resampled p* set, "
                   "✓ within 1.5 × its floor (two independent p* sets) + SE; " if truth else "")
     write_text(out / "table.md", table_md + "\nMetrics: mean ± standard error (training seeds, plus the evaluation-sample error the seeds share: every run uses the same evaluation noise); "
                + pstar_note + "fd_to_base: Fréchet distance to base samples in the training classifier's features; "
@@ -442,6 +443,6 @@ def finetune_report(run_dirs, score_paths, base_score_path, out, grid: dict | No
     written += [str(out / n) for n in ("table.csv", "table.md", "table.tex", "time_to_threshold.csv",
                                        "time_to_quality.md", "time_to_quality.png")]
     if truth:
-        write_text(out / "verdict.md", verdict_table(runs, truth, tt))
+        write_text(out / "verdict.md", verdict_table(runs, truth, tt, base))
         written.append(str(out / "verdict.md"))
     return written

@@ -64,12 +64,18 @@ def energy_distance(x: torch.Tensor, y: torch.Tensor) -> float:
     return float(2 * torch.cdist(x, y).mean() - torch.cdist(x, x).mean() - torch.cdist(y, y).mean())
 
 
-def energy_distance_per_prompt(fx: torch.Tensor, fy: torch.Tensor, nx: int, ny: int) -> dict:
-    """Mean ± SE over prompts of the energy distance between the prompt's two sample sets; rows are
-    grouped by prompt, nx (ny) per prompt, prompts in the same order."""
+def energy_distance_grouped(fx: torch.Tensor, fy: torch.Tensor, nx: int, ny: int) -> dict:
+    """Energy distance between two sample sets pooled over prompts (rows grouped by prompt, nx (ny) per
+    prompt, prompts in the same order), ± its jackknife SE over prompts (each prompt's rows left out of
+    both sets in turn). Pooling keeps the floor (∝ 1/n) small enough to see a drift that a per-prompt
+    distance on a few dozen samples would drown."""
     gx, gy = fx.view(-1, nx, *fx.shape[1:]), fy.view(-1, ny, *fy.shape[1:])
-    if gx.shape[0] != gy.shape[0]:
-        raise ValueError(f"energy distance: {gx.shape[0]} prompts against {gy.shape[0]}")
-    d = torch.tensor([energy_distance(a, b) for a, b in zip(gx, gy)], dtype=torch.float64)
-    se = float(d.std() / math.sqrt(len(d))) if len(d) > 1 else 0.0
-    return {"mean": float(d.mean()), "se": se}
+    P = gx.shape[0]
+    if gy.shape[0] != P:
+        raise ValueError(f"energy distance: {P} prompts against {gy.shape[0]}")
+    full = energy_distance(gx.flatten(0, 1), gy.flatten(0, 1))
+    if P < 2:
+        return {"mean": full, "se": 0.0}
+    keep = lambda g, p: torch.cat([g[:p], g[p + 1:]]).flatten(0, 1)  # noqa: E731
+    loo = torch.tensor([energy_distance(keep(gx, p), keep(gy, p)) for p in range(P)], dtype=torch.float64)
+    return {"mean": full, "se": float(((P - 1) / P * (loo - loo.mean()).pow(2).sum()).sqrt())}

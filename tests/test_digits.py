@@ -209,9 +209,24 @@ def test_time_to_quality_of_known_curves(tmp_path):
     assert math.isinf(rows[1]["eam_s"]) and math.isnan(rows[1]["ratio_s"])
     table = time_to_quality_table(rows)
     assert "| r | 10 | 1 | 0.9 | 90.0 | not reached |" in table
-    assert "AM/EAM in wall-clock: 4.00 ± 0.00 (mean ± SE over 1 of 2 pairs" in table
+    assert "r, λ = 10: AM/EAM in wall-clock: 4.00 (1 pair: no interval) (of 2)." in table
     _time_to_quality_figure(rows, tmp_path / "ttq.png")
     assert (tmp_path / "ttq.png").read_bytes()[:4] == b"\x89PNG"
+    # against the tilted law: p* = 2.5, the curves start at 0, so the threshold is 2.25 and AM (gain 1.0) never
+    # gets there, while EAM (gain 2.5 over 25 s) crosses it at 22.5 s
+    truth = {("r", 10.0): {"metrics": {"r": {"mean": 2.5, "se": 0.01}}, "base_metrics": {"r": {"mean": 0.5, "se": 0.01}}}}
+    runs = [run("am", 0, 1.0, 100, 1000), run("eam", 0, 2.5, 25, 100)]
+    (row,) = time_to_threshold(runs, truth=truth)
+    assert row["threshold"] == pytest.approx(2.25) and row["target"] == "tilted law"
+    assert math.isinf(row["am_s"]) and row["eam_s"] == pytest.approx(22.5)
+    assert "90% of the gap between the base and the tilted law" in time_to_quality_table([row])
+
+
+def test_ratio_interval_is_the_t_interval_over_seeds():
+    """Ratios 3, 4, 5: mean 4, SE 1/√3, 95% t-interval 4 ± t(0.975, 2)·SE = 4 ± 4.303 · 0.577 = [1.52, 6.48]."""
+    from eam.report_finetune import ratio_summary
+
+    assert ratio_summary([3.0, 4.0, 5.0]) == "4.00 ± 0.58, 95% CI [1.52, 6.48] over 3 pairs"
 
 
 def test_weights_of_another_model_are_a_one_line_error(tiny):
@@ -249,7 +264,8 @@ def test_two_process_data_parallel_equals_one_process(tiny, tmp_path, method):
 def test_bench_counts_floor_and_knobs(tiny, tmp_path):
     """`eam bench` on the tiny digits model: finite times, and NFEs per iteration equal to the method
     doc's cost model for the settings (AM: N forwards + N base VJPs + 1 reward VJP + |K| train rows;
-    EAM: 2K Heun forwards + 1 reward VJP + 1 base forward + M train rows, per sample); a knob runs
+    EAM (residual, the default): 2K Heun forwards + 1 model and 1 base forward at t' = 1 - δ + 1 reward VJP
+    + M train rows, per sample); a knob runs
     only the methods its settings touch, with its own counts; the profiled phases add up to no more
     than about an iteration."""
     from eam.bench import bench
@@ -262,7 +278,7 @@ def test_bench_counts_floor_and_knobs(tiny, tmp_path):
               tiny / "prompts/train.jsonl", warmup=1, repeats=2, out=tmp_path, knobs=knobs, profile=True)
     am, eam = r["methods"]["am"], r["methods"]["eam"]
     assert am["nfe_per_iter"] == {"model_fwd": 24, "model_train": 16, "base_fwd": 0, "base_vjp": 24, "reward_vjp": 4}
-    assert eam["nfe_per_iter"] == {"model_fwd": 24, "model_train": 8, "base_fwd": 4, "base_vjp": 0, "reward_vjp": 4}
+    assert eam["nfe_per_iter"] == {"model_fwd": 28, "model_train": 8, "base_fwd": 4, "base_vjp": 0, "reward_vjp": 4}
     for v in (am, eam):
         w = v["wall_clock_s"]
         assert 0 < w["min"] <= w["median"] <= w["max"] and v["floor_s"] > 0 and math.isfinite(v["peak_memory_mb"])
@@ -272,14 +288,14 @@ def test_bench_counts_floor_and_knobs(tiny, tmp_path):
     units = r["unit_cost_s_per_nfe"]
     assert am["floor_s"] == pytest.approx(24 * units["forward"] + 24 * units["vjp"] + 4 * units["reward_vjp"]
                                           + 16 * units["train"])
-    assert r["am_over_eam"]["nfe"] == pytest.approx(68 / 40)
+    assert r["am_over_eam"]["nfe"] == pytest.approx(68 / 44)
     euler, b8, cfg2 = r["knobs"]
-    assert set(euler["methods"]) == {"eam"} and euler["methods"]["eam"]["nfe_per_iter"]["model_fwd"] == 8
+    assert set(euler["methods"]) == {"eam"} and euler["methods"]["eam"]["nfe_per_iter"]["model_fwd"] == 12
     assert set(b8["methods"]) == {"am", "eam"} and b8["methods"]["am"]["nfe_per_iter"]["base_vjp"] == 48
     # classifier-free guidance: 2 network rows per evaluation, the reward VJP once per sample
     assert cfg2["methods"]["am"]["nfe_per_iter"] == {"model_fwd": 48, "model_train": 32, "base_fwd": 0,
                                                      "base_vjp": 48, "reward_vjp": 4}
-    assert cfg2["methods"]["eam"]["nfe_per_iter"] == {"model_fwd": 48, "model_train": 16, "base_fwd": 8,
+    assert cfg2["methods"]["eam"]["nfe_per_iter"] == {"model_fwd": 56, "model_train": 16, "base_fwd": 8,
                                                       "base_vjp": 0, "reward_vjp": 4}
     assert all(math.isfinite(v["time_vs_baseline"]) and v["time_vs_baseline"] > 0
                for k in r["knobs"] for v in k["methods"].values())

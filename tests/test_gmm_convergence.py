@@ -25,7 +25,8 @@ def _bound(res):
 
 VARIANTS = {"am": ["--method", "am"],
             "eam-endpoint": ["--method", "eam", "--base-score", "endpoint", "--delta", "0.05"],
-            "eam-exact": ["--method", "eam", "--base-score", "exact"]}
+            "eam-exact": ["--method", "eam", "--base-score", "exact"],
+            "eam-residual": ["--method", "eam", "--base-score", "residual", "--delta", "0.05"]}
 # Measured (README, "Ground truth", "Why EAM moves mass between separated modes slowly"): on
 # mix2d_quadratic EAM fixes the modes' shapes but stalls on their relative weights (sliced-W2 0.125 at
 # 800 iterations, 0.093 at 2400, bound 0.088). Strict: the day it passes, this marker must go. Left out
@@ -35,10 +36,22 @@ EAM_QUADRATIC_SLOW = [pytest.mark.known_gap, pytest.mark.xfail(strict=True, reas
     "fixed point (tests/test_eam_fixed_points.py)"))]
 
 
+# Measured (docs/method.md §5.4): `residual` stalls at a network whose endpoint score matches the tilt while its
+# flow has not moved the mass: mix2d_linear sliced-W2 0.505 after 800 iterations (bound 0.115, base 0.542), mean
+# reward 0.239 against 0.907; with eam.consistency 0.1 / 0.3 of the endpoint target mixed in, 0.310 / 0.212.
+EAM_RESIDUAL_STALLS = [pytest.mark.known_gap, pytest.mark.xfail(strict=True, reason=(
+    "residual's fixed points include networks inconsistent with their own flow (docs/method.md §5.4)"))]
+
+
+def _marks(case, variant):
+    if variant == "eam-residual":
+        return EAM_RESIDUAL_STALLS
+    return EAM_QUADRATIC_SLOW if case == "mix2d_quadratic" and variant != "am" else []
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("case,variant", [
-    pytest.param(case, variant, id=f"{case}-{variant}",
-                 marks=EAM_QUADRATIC_SLOW if case == "mix2d_quadratic" and variant != "am" else [])
+    pytest.param(case, variant, id=f"{case}-{variant}", marks=_marks(case, variant))
     for case in CASES for variant in VARIANTS])
 def test_reaches_the_exact_tilted_mixture(tmp_path, case, variant):
     args = VARIANTS[variant]

@@ -45,8 +45,15 @@ def test_tiny_real_run_then_noop_and_resume(tmp_path):
     for f in ("gmm/report/table.md", "gmm/report/mix2d_linear.png", "digits/report/table.md", "digits/report/table.tex",
               "digits/report/table.csv", "digits/report/reward_vs_time.png", "digits/report/samples.png",
               "digits/report/tradeoff.png", "digits/report/time_to_threshold.csv", "digits/report/time_to_quality.md",
-              "digits/report/time_to_quality.png", "bench/digits/bench.md", "bench/digits/bench.png"):
+              "digits/report/time_to_quality.png", "digits/report/verdict.md", "digits/truth/digit_classifier/lam10/truth.json",
+              "bench/digits/bench.md", "bench/digits/bench.png"):
         assert (wd / "results" / f).is_file(), f
+    # the λ = 0 control: AM and the default EAM (residual) leave the base exactly where it was; the endpoint
+    # ablation drifts even without a reward (docs/method.md §5.4, §9)
+    scores = lambda m: json.loads((wd / f"results/digits/scores/{m}/digit_classifier/lam0/seed0.json").read_text())  # noqa: E731
+    assert scores("am")["fd_to_base"] < 1e-6 and scores("eam")["fd_to_base"] < 1e-6
+    assert scores("eam-endpoint")["fd_to_base"] > 1e-3
+    assert "distance_to_pstar" in scores("eam")
     again = _snakemake(wd, "-n", "all", *tiny)
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
     # a fine-tuning job killed after a checkpoint: its outputs are gone, its work folder holds the state

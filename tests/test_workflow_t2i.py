@@ -59,11 +59,12 @@ def test_paper_config_dry_runs_all(tmp_path, name):
 
 def test_tiny_sd3_run_completes(tmp_path):
     cfg = _tiny_config(tmp_path, "sd3", rewards=["pickscore"], metrics=["pickscore", "clipscore"], lambdas=[10],
-                       seeds=[0], eval={"per_prompt": 2, "steps": 2}, guidance_scale=2.0)
+                       seeds=[0], eval={"per_prompt": 2, "steps": 2}, guidance_scale=2.0, truth={"pool_per_prompt": 8})
     p = _snakemake(cfg, "all")
     assert p.returncode == 0, p.stderr[-3000:]
     report = tmp_path / "results" / "sd3" / "report"
-    for f in ("table.md", "table.csv", "reward_vs_time.png", "samples.png", "time_to_threshold.csv", "time_to_quality.md"):
+    for f in ("table.md", "table.csv", "reward_vs_time.png", "samples.png", "time_to_threshold.csv", "time_to_quality.md",
+              "verdict.md"):
         assert (report / f).is_file(), f
     table = (report / "table.md").read_text()
     assert "pickscore" in table and "clipscore" in table
@@ -71,5 +72,8 @@ def test_tiny_sd3_run_completes(tmp_path):
 
     score = json.loads((tmp_path / "results/sd3/scores/eam/pickscore/lam10/seed0.json").read_text())
     assert score["guidance_scale"] == 2.0 and "cosine" in score["diversity_metric"]
+    assert score["pstar"].endswith("truth/pickscore/lam10/pstar_a.safetensors") and score["distance_to_pstar"]["mean"] >= 0
+    truth = json.loads((tmp_path / "results/sd3/truth/pickscore/lam10/truth.json").read_text())
+    assert set(truth["metrics"]) == {"pickscore", "clipscore"} and len(truth["ess"]) == len(truth["metrics"]["pickscore"]["per_prompt"])
     run = json.loads((tmp_path / "results/sd3/runs/eam/pickscore/lam10/seed0/config.json").read_text())
     assert run["options"]["lora"]["rank"] == 2 and run["base"].endswith("sd3")

@@ -83,15 +83,74 @@ rule t2i_sample:
         "--guidance-scale {T2I[guidance_scale]} --out {output} > {log} 2>&1"
 
 
+T2I_TRUTH = T2I.get("truth")
+T2I_FEATURES = f"{T2I['features']}={T2I_WEIGHTS[T2I['features']]}" if T2I_WEIGHTS.get(T2I["features"]) else T2I["features"]
+
+
+rule t2i_pool:
+    input:
+        prompts=rules.t2i_prompts.output.eval,
+        settings=T2I["settings"],
+    output:
+        f"{TRES}/truth/pool.safetensors",
+    params:
+        per_prompt=(T2I_TRUTH or {}).get("pool_per_prompt"),
+    log:
+        f"{RESULTS}/logs/{T2I['name']}/truth/pool.log",
+    threads: 4
+    resources:
+        gpu=GPU,
+        runtime=T2I.get("runtime_min", {}).get("sample", 120),
+        mem_mb=T2I.get("mem_mb", 64000),
+    shell:
+        "eam sample --model {T2I[model]} --model-path {T2I[model_path]} --settings {input.settings} "
+        "--prompts {input.prompts} --per-prompt {params.per_prompt} --steps {T2I[eval][steps]} "
+        "--guidance-scale {T2I[guidance_scale]} --stream 1 --out {output} > {log} 2>&1"
+
+
+rule t2i_tilt_truth:
+    input:
+        pool=rules.t2i_pool.output,
+        base=f"{TRES}/samples/base.safetensors",
+    output:
+        expand(f"{TRES}/truth/{{reward}}/lam{{lam}}/{{f}}", f=["truth.json", "pstar_a.safetensors", "pstar_b.safetensors"],
+               allow_missing=True),
+    params:
+        reward=lambda w: f"{w.reward}={T2I_WEIGHTS[w.reward]}" if T2I_WEIGHTS.get(w.reward) else w.reward,
+        metrics=t2i_metric_args(),
+        out=f"{TRES}/truth/{{reward}}/lam{{lam}}",
+    log:
+        f"{RESULTS}/logs/{T2I['name']}/truth/{{reward}}/lam{{lam}}.log",
+    threads: 4
+    resources:
+        gpu=GPU,
+        runtime=60,
+        mem_mb=T2I.get("mem_mb", 64000),
+    shell:
+        "eam tilt-truth --pool {input.pool} --reward {params.reward} --lam {wildcards.lam} {params.metrics} "
+        "--features {T2I_FEATURES} --base-samples {input.base} --per-prompt {T2I[eval][per_prompt]} "
+        "--out {params.out} > {log} 2>&1"
+
+
+def t2i_pstar(w):
+    """The p* set a run's samples are compared with (none for the base, or without `truth:`)."""
+    if w.run == "base" or not T2I_TRUTH:
+        return []
+    _, reward, lam, _ = w.run.split("/")
+    return f"{TRES}/truth/{reward}/{lam}/pstar_a.safetensors"
+
+
 rule t2i_score:
     input:
         samples=f"{TRES}/samples/{{run}}.safetensors",
         base=f"{TRES}/samples/base.safetensors",
+        pstar=t2i_pstar,
     output:
         f"{TRES}/scores/{{run}}.json",
     params:
         metrics=t2i_metric_args(),
-        features=f"{T2I['features']}={T2I_WEIGHTS[T2I['features']]}" if T2I_WEIGHTS.get(T2I["features"]) else T2I["features"],
+        features=T2I_FEATURES,
+        pstar=lambda w, input: f"--pstar {input.pstar}" if input.pstar else "",
     log:
         f"{RESULTS}/logs/{T2I['name']}/scores/{{run}}.log",
     threads: 4
@@ -101,7 +160,7 @@ rule t2i_score:
         mem_mb=T2I.get("mem_mb", 64000),
     shell:
         "eam score --samples {input.samples} --base-samples {input.base} {params.metrics} "
-        "--features {params.features} --out {output} > {log} 2>&1"
+        "--features {params.features} {params.pstar} --out {output} > {log} 2>&1"
 
 
 rule t2i_report:
@@ -109,15 +168,19 @@ rule t2i_report:
         runs=expand(f"{TRES}/runs/{{run}}/metrics.jsonl", run=TRUNS),
         scores=expand(f"{TRES}/scores/{{run}}.json", run=TRUNS),
         base=f"{TRES}/scores/base.json",
+        truth=expand(f"{TRES}/truth/{{reward}}/lam{{lam}}/truth.json", reward=T2I["rewards"], lam=T2I["lambdas"])
+        if T2I_TRUTH else [],
         grid=[f"{TRES}/samples/base.safetensors",
               *(f"{TRES}/samples/{m}/{T2I['rewards'][0]}/lam{max(T2I['lambdas'])}/seed{T2I['seeds'][0]}.safetensors"
                 for m in T2I["methods"])],
     output:
         expand(f"{TRES}/report/{{f}}", f=["reward_vs_time.png", "reward_vs_nfe.png", "tradeoff.png", "samples.png",
                                           "table.csv", "table.md", "table.tex", "time_to_threshold.csv",
-                                          "time_to_quality.md", "time_to_quality.png"]),
+                                          "time_to_quality.md", "time_to_quality.png",
+                                          *(["verdict.md"] if T2I_TRUTH else [])]),
     params:
         runs=expand(f"{TRES}/runs/{{run}}", run=TRUNS),
+        truth=lambda w, input: f"--truth {' '.join(input.truth)}" if input.truth else "",
         grid=" ".join(["base=" + f"{TRES}/samples/base.safetensors",
                        *(f"{m.upper()}_lam{max(T2I['lambdas'])}={TRES}/samples/{m}/{T2I['rewards'][0]}/"
                          f"lam{max(T2I['lambdas'])}/seed{T2I['seeds'][0]}.safetensors" for m in T2I["methods"])]),
@@ -125,7 +188,7 @@ rule t2i_report:
         f"{RESULTS}/logs/{T2I['name']}/report.log",
     shell:
         "eam finetune-report --runs {params.runs} --scores {input.scores} --base-scores {input.base} "
-        "--grid {params.grid} --out {TRES}/report > {log} 2>&1"
+        "{params.truth} --grid {params.grid} --out {TRES}/report > {log} 2>&1"
 
 
 rule t2i_all:
