@@ -72,7 +72,6 @@ class AMConfig:
         if self.time_subset not in ("last_random", "stratified", "all"):
             raise ValueError(f"unknown AM time subset {self.time_subset!r}; expected last_random, stratified or all")
 
-
     def nfe_per_sample(self, cost: int = 1) -> int:
         """Function evaluations per sample and iteration, as `am_loss` counts them (`cost`: forwards per
         model evaluation, 2 under classifier-free guidance)."""
@@ -239,8 +238,10 @@ def eam_loss(model: VelocityModel, base: VelocityModel, reward: Reward, lam: flo
              generator: torch.Generator | None = None) -> LossOutput:
     """L_EAM = mean ‖(2/σ_t)(v_θ(x_t, t) - v_lin(x_t, t)) + σ_t Φ(t) ∇g(x_1)‖², x_t = α x_1 + β ε.
 
-    `residual` (the default, method.md §5.4) regresses instead on sg(v_θ(x_t, t)) - (σ²/2)Φ(t) ∇log(p̂_θ/p̂*)(x_1),
-    both scores at the same near-clean time: its fixed point is the tilted model's own law, whatever sampler drew x_1."""
+    `residual` (the default, docs/method.md §5.4) regresses instead on sg(v_θ(x_t, t)) - (σ²/2)Φ(t) ∇log(p̂_θ/p̂*)(x_1),
+    both scores at the same near-clean time: at λ = 0 the pretrained model is its exact fixed point whatever
+    sampler drew x_1 (but networks inconsistent with their own flow are fixed points too; `consistency` mixes
+    the endpoint target back in)."""
     cfg.__post_init__()  # fields may have been set after construction
     B, M = x0.shape[0], cfg.n_times
     interp = model.interpolant
@@ -257,7 +258,8 @@ def eam_loss(model: VelocityModel, base: VelocityModel, reward: Reward, lam: flo
         with torch.no_grad(), phase("base_fwd"):
             s_base = base_score_endpoint(base, x1, cfg.delta, cond)
             grad_g = base_score_endpoint(model, x1, cfg.delta, cond) - s_base - lam * grad_r
-            grad_g_endpoint = ref.score_data(x1) - s_base - lam * grad_r
+            if cfg.consistency:
+                grad_g_endpoint = ref.score_data(x1) - s_base - lam * grad_r
         out.nfe["model_fwd"] += B * model.cost
         out.nfe["base_fwd"] += B * base.cost
     elif cfg.base_score == "endpoint":

@@ -219,6 +219,8 @@ def test_time_to_quality_of_known_curves(tmp_path):
     (row,) = time_to_threshold(runs, truth=truth)
     assert row["threshold"] == pytest.approx(2.25) and row["target"] == "tilted law"
     assert math.isinf(row["am_s"]) and row["eam_s"] == pytest.approx(22.5)
+    assert row["ratio_s_above"] == pytest.approx(100 / 22.5)  # AM's whole run over EAM's time: a lower bound
+    assert "> 4.44 (AM not reached)" in time_to_quality_table([row])
     assert "90% of the gap between the base and the tilted law" in time_to_quality_table([row])
 
 
