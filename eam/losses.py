@@ -255,9 +255,11 @@ def eam_loss(model: VelocityModel, base: VelocityModel, reward: Reward, lam: flo
 
     # ∇g(x_1) = ∇log p_lin - ∇log p_base - λ∇r  (§4, §5); residual: ∇log p̂_θ - ∇log p̂_base - λ∇r  (§5.4)
     if cfg.base_score == "residual":
+        with torch.no_grad(), phase("sample"):  # a no-grad model forward, priced as the sampling ones
+            s_model = base_score_endpoint(model, x1, cfg.delta, cond)
         with torch.no_grad(), phase("base_fwd"):
             s_base = base_score_endpoint(base, x1, cfg.delta, cond)
-            grad_g = base_score_endpoint(model, x1, cfg.delta, cond) - s_base - lam * grad_r
+            grad_g = s_model - s_base - lam * grad_r
             if cfg.consistency:
                 grad_g_endpoint = ref.score_data(x1) - s_base - lam * grad_r
         out.nfe["model_fwd"] += B * model.cost
