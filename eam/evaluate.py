@@ -154,19 +154,18 @@ def tilt_truth(pool_path, reward: tuple[str, str | None], lam: float, metrics: d
     grouped = x.view(P, n_pool, *x.shape[1:])
     texts = [cond.texts[i * n_pool] for i in range(P) for _ in range(per_prompt)]
     labels = None if cond.labels is None else cond.labels.view(P, n_pool)[:, 0].repeat_interleave(per_prompt)
-    sets = {}
-    for name, lo in (("pstar_a", 0), ("pstar_b", half)):
+    names = ("pstar_a", "pstar_b")
+    for name, lo in zip(names, (0, half)):
         w = tilt.snis_weights(log_w[:, lo:lo + half])
         idx = tilt.resample(w, per_prompt, g) + lo
         xs = torch.stack([grouped[p, idx[p]] for p in range(P)]).flatten(0, 1)
         xs = (xs * 255).round().to(torch.uint8) if xs.dim() == 4 and xs.shape[1] == 3 else xs
-        sets[name] = xs
         save_samples(Path(out) / f"{name}.safetensors", xs, PromptBatch(texts, labels),
                      {"per_prompt": str(per_prompt), "steps": meta.get("steps", ""), "model": meta.get("model", ""),
                       "guidance_scale": meta.get("guidance_scale", "1.0"), "tilt": f"lam={lam:g} reward={reward[0]}"})
     feat = load_reward(*features)
     batch = PromptBatch(texts, labels)
-    fa, fb = (_feature_values(feat, load_samples(Path(out) / f"{n}.safetensors")[0], batch) for n in sets)
+    fa, fb = (_feature_values(feat, load_samples(Path(out) / f"{n}.safetensors")[0], batch) for n in names)
     xb, cond_b, meta_b = load_samples(base_samples_path)
     if cond_b.texts[::int(meta_b["per_prompt"])] != texts[::per_prompt]:
         raise ValueError(f"{base_samples_path} and {pool_path} were sampled from different prompt sets")
