@@ -21,7 +21,7 @@ def _gmm(args):
             if not 0 < args.delta < 1:
                 raise ValueError(f"--delta must lie in (0, 1), got {args.delta}")
             cfg.eam.delta = args.delta
-    elif args.base_score != "residual" or args.delta is not None:
+    elif args.base_score != "endpoint" or args.delta is not None:
         raise ValueError("--base-score and --delta apply to --method eam only")
     for spec in args.set or []:
         _set_field(cfg, spec)
@@ -230,8 +230,8 @@ def build_parser() -> argparse.ArgumentParser:
     g = sub.add_parser("gmm", help="fine-tune on a Gaussian-mixture case with an exact tilted target")
     g.add_argument("--case", required=True, help="case YAML (dim, components, reward, lambda)")
     g.add_argument("--method", required=True, choices=["am", "eam"])
-    g.add_argument("--base-score", default="residual", choices=["residual", "endpoint", "exact", "bridge"],
-                   help="EAM's base-score term (docs/method.md §5; default: residual)")
+    g.add_argument("--base-score", default="endpoint", choices=["endpoint", "residual", "exact", "bridge"],
+                   help="EAM's base-score term (docs/method.md §5; default endpoint: residual stalls on the mixtures, §5.4)")
     g.add_argument("--delta", type=float, default=None, help="residual, endpoint: scores at t' = 1 - δ (default 0.05)")
     g.add_argument("--iters", type=int, default=None, help="training iterations (default: the method's)")
     g.add_argument("--seed", type=int, default=0)
