@@ -268,8 +268,8 @@ def test_bench_counts_floor_and_knobs(tiny, tmp_path):
     doc's cost model for the settings (AM: N forwards + N base VJPs + 1 reward VJP + |K| train rows;
     EAM (residual, the default): 2K Heun forwards + 1 model and 1 base forward at t' = 1 - δ + 1 reward VJP
     + M train rows, per sample); a knob runs
-    only the methods its settings touch, with its own counts; the profiled phases add up to no more
-    than about an iteration."""
+    only the methods its settings touch, with its own counts; every profiled phase is measured.
+    No wall-clock relation is asserted: times are the benchmark's output, not a test's."""
     from eam.bench import bench
 
     settings = {"batch": 4, "am": {"n_steps": 6, "n_last": 2, "n_random": 2},
@@ -286,7 +286,6 @@ def test_bench_counts_floor_and_knobs(tiny, tmp_path):
         assert 0 < w["min"] <= w["median"] <= w["max"] and v["floor_s"] > 0 and math.isfinite(v["peak_memory_mb"])
         phases = v["phase_s"]
         assert set(phases) >= {"sample", "reward_vjp", "train"} and all(s > 0 for s in phases.values())
-        assert sum(phases.values()) < 3 * w["max"]  # disjoint parts of one iteration
     units = r["unit_cost_s_per_nfe"]
     assert am["floor_s"] == pytest.approx(24 * units["forward"] + 24 * units["vjp"] + 4 * units["reward_vjp"]
                                           + 16 * units["train"])
