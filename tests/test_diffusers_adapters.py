@@ -159,7 +159,7 @@ def test_prompts_are_encoded_once(dirs, monkeypatch):
 
 
 def test_missing_base_model_is_one_line(tmp_path):
-    with pytest.raises(MissingWeights, match=r"model_index\.json not found in .*nowhere.*huggingface-cli download") as e:
+    with pytest.raises(MissingWeights, match=r"model_index\.json not found in .*nowhere.*hf download") as e:
         lookup("model", "sd3").load(tmp_path / "nowhere")
     assert "\n" not in str(e.value)
 

@@ -111,7 +111,7 @@ def test_gradient_matches_finite_differences(aes):
 
 def test_missing_weights_name_the_file(aes, tmp_path):
     with pytest.raises(MissingWeights, match=r"sac\+logos\+ava1-l14-linearMSE\.pth not found in .*empty.*"
-                                             r"huggingface-cli download camenduru/improved-aesthetic-predictor") as e:
+                                             r"hf download camenduru/improved-aesthetic-predictor") as e:
         load_reward("aesthetics", tmp_path / "empty")
     assert "\n" not in str(e.value)
     # the head without its CLIP (no clip/ folder, and nothing in an empty Hugging Face cache)

@@ -66,5 +66,5 @@ def test_gradient_matches_finite_differences(clip_dir):
 
 
 def test_missing_weights_name_the_file(tmp_path):
-    with pytest.raises(MissingWeights, match=r"config\.json not found in .*empty.*huggingface-cli download"):
+    with pytest.raises(MissingWeights, match=r"config\.json not found in .*empty.*hf download"):
         load_reward("clipscore", tmp_path / "empty")

@@ -128,7 +128,7 @@ def test_model_cfg_wrapper_is_accepted(hps, tmp_path):
 
 def test_missing_weights_name_the_file(tmp_path):
     with pytest.raises(MissingWeights, match=r"HPS_v2\.1_compressed\.pt not found in .*empty.*"
-                                             r"huggingface-cli download xswu/HPSv2 HPS_v2\.1_compressed\.pt") as e:
+                                             r"hf download xswu/HPSv2 HPS_v2\.1_compressed\.pt") as e:
         load_reward("hpsv2", tmp_path / "empty")
     assert "\n" not in str(e.value)
 

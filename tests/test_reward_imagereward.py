@@ -305,7 +305,7 @@ def test_missing_file_is_a_one_line_error(ir_dir, tmp_path, name):
     with pytest.raises(MissingWeights) as err:
         load_reward("imagereward", d)
     msg = str(err.value)
-    assert "\n" not in msg and f"{name} not found in {d}" in msg and "huggingface-cli download THUDM/ImageReward" in msg
+    assert "\n" not in msg and f"{name} not found in {d}" in msg and "hf download THUDM/ImageReward" in msg
 
 
 def test_missing_tokenizer_is_a_one_line_error(ir_dir, tmp_path, monkeypatch):

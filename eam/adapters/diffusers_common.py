@@ -86,7 +86,7 @@ def resolve_pretrained(path_or_repo, what: str) -> Path:
         except Exception:  # noqa: BLE001  (several exception kinds mean "not in the cache")
             pass
     raise MissingWeights(f"{what}: model_index.json not found in {path_or_repo} (neither a pipeline folder nor a "
-                         f"cached Hugging Face repo); download it with `huggingface-cli download REPO_ID` and pass the "
+                         f"cached Hugging Face repo); download it with `hf download REPO_ID` and pass the "
                          f"repo id, or pass the folder written by `pipeline.save_pretrained`")
 
 

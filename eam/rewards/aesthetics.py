@@ -96,11 +96,11 @@ class Aesthetics(TextImageReward):
         from transformers import CLIPModel
 
         d = find_weights("LAION aesthetics MLP", path, REPO, [WEIGHTS],
-                         f"download it with `huggingface-cli download {REPO} {WEIGHTS} --local-dir DIR` (or from "
+                         f"download it with `hf download {REPO} {WEIGHTS} --local-dir DIR` (or from "
                          f"github christophschuhmann/improved-aesthetic-predictor) and pass DIR")
         clip_dir = Path(d, "clip") if Path(d, "clip").is_dir() else None
         c = find_weights("LAION aesthetics CLIP ViT-L/14", clip_dir, CLIP_REPO, ["config.json"],
-                         f"download it with `huggingface-cli download {CLIP_REPO} config.json model.safetensors "
+                         f"download it with `hf download {CLIP_REPO} config.json model.safetensors "
                          f"--local-dir {Path(d, 'clip')}`")
         try:
             clip, info = CLIPModel.from_pretrained(c, local_files_only=True, output_loading_info=True)

@@ -21,8 +21,8 @@ class CLIPScore(HFCLIPReward):
     def load(cls, path=None) -> "CLIPScore":
         """`path`: a folder with the CLIP model and processor files (a snapshot of the repo)."""
         d = find_weights("CLIPScore model (CLIP ViT-L/14)", path, MODEL_REPO, ["config.json"],
-                         f"download it with `huggingface-cli download {MODEL_REPO}` or set its path")
+                         f"download it with `hf download {MODEL_REPO}` or set its path")
         if not has_processor(d):
             raise MissingWeights(f"CLIPScore processor: preprocessor_config.json not found in {d}; download the whole "
-                                 f"repo with `huggingface-cli download {MODEL_REPO}`")
+                                 f"repo with `hf download {MODEL_REPO}`")
         return cls(*cls.load_parts(d, d))

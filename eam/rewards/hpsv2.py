@@ -120,7 +120,7 @@ class HPSv2(TextImageReward):
         import open_clip
 
         d = find_weights("HPSv2.1", path, REPO, [WEIGHTS],
-                         f"download it with `huggingface-cli download {REPO} {WEIGHTS} --local-dir DIR` and pass DIR")
+                         f"download it with `hf download {REPO} {WEIGHTS} --local-dir DIR` and pass DIR")
         if (d / CONFIG).exists():
             cfg = json.loads((d / CONFIG).read_text())
             cfg = cfg.get("model_cfg", cfg)

@@ -53,7 +53,7 @@ from .image import CLIP_MEAN, CLIP_STD, TextImageReward, clip_preprocess, find_w
 REPO = "THUDM/ImageReward"
 TOKENIZER_REPO = "bert-base-uncased"
 CHECKPOINT, MED_CONFIG, VISION_CONFIG = "ImageReward.pt", "med_config.json", "vision_config.json"
-HOW = (f"download them with `huggingface-cli download {REPO} {CHECKPOINT} {MED_CONFIG} --local-dir DIR` "
+HOW = (f"download them with `hf download {REPO} {CHECKPOINT} {MED_CONFIG} --local-dir DIR` "
        f"and pass DIR as the reward's path")
 
 REWARD_MEAN = 0.16717362830052426  # ImageReward.__init__: self.mean
@@ -259,7 +259,7 @@ def load_tokenizer(root: Path):
     where = root / "tokenizer"
     if not where.is_dir():
         where = find_weights("ImageReward tokenizer", None, TOKENIZER_REPO, ["vocab.txt"],
-                             f"download it with `huggingface-cli download {TOKENIZER_REPO} vocab.txt "
+                             f"download it with `hf download {TOKENIZER_REPO} vocab.txt "
                              f"tokenizer_config.json` or put a BertTokenizer in {root / 'tokenizer'}")
     tokenizer = BertTokenizer.from_pretrained(str(where), local_files_only=True)
     for tokens in SPECIAL_TOKENS:

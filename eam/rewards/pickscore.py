@@ -22,12 +22,12 @@ class PickScore(HFCLIPReward):
         """`path`: a folder with the PickScore_v1 files (config.json + weights); the processor from
         `path/processor/`, else `path` itself, else the Hugging Face cache of the LAION CLIP-H repo."""
         model_dir = find_weights("PickScore model", path, MODEL_REPO, ["config.json"],
-                                 f"download it with `huggingface-cli download {MODEL_REPO}` or set its path")
+                                 f"download it with `hf download {MODEL_REPO}` or set its path")
         proc = next((d for d in (Path(model_dir, "processor"), Path(model_dir))
                      if has_processor(d)), None)
         if proc is None:
             proc = find_weights("PickScore processor", None, PROCESSOR_REPO, ["preprocessor_config.json"],
-                                f"download it with `huggingface-cli download {PROCESSOR_REPO} preprocessor_config.json "
+                                f"download it with `hf download {PROCESSOR_REPO} preprocessor_config.json "
                                 f"tokenizer.json tokenizer_config.json vocab.json merges.txt special_tokens_map.json` "
                                 f"or put the processor files in {Path(model_dir, 'processor')}")
         return cls(*cls.load_parts(model_dir, proc))
