@@ -77,3 +77,77 @@ def test_tiny_sd3_run_completes(tmp_path):
     assert set(truth["metrics"]) == {"pickscore", "clipscore"} and len(truth["ess"]) == len(truth["metrics"]["pickscore"]["per_prompt"])
     run = json.loads((tmp_path / "results/sd3/runs/eam/pickscore/lam10/seed0/config.json").read_text())
     assert run["options"]["lora"]["rank"] == 2 and run["base"].endswith("sd3")
+
+
+FAKE_SLURM = {"sbatch": '#!/bin/sh\necho "$@" >> "$FAKE_SBATCH_LOG"\nexit 1\n',  # records the call, refuses the job
+              **{c: "#!/bin/sh\nexit 0\n" for c in ("sinfo", "squeue", "sacct", "scontrol", "sacctmgr", "sshare")}}
+
+
+def _cluster_env(tmp_path: Path) -> dict:
+    """The README's cluster set-up (the profile linked into Snakemake's config folder) in a private
+    XDG_CONFIG_HOME, and SLURM's client commands replaced by stubs that record each sbatch call."""
+    xdg = tmp_path / "xdg"
+    (xdg / "snakemake").mkdir(parents=True)
+    (xdg / "snakemake" / "slurm").symlink_to(ROOT / "profiles" / "slurm")  # README: ln -s "$PWD/profiles/slurm" …
+    stubs = tmp_path / "slurm_bin"
+    stubs.mkdir()
+    for name, text in FAKE_SLURM.items():
+        (stubs / name).write_text(text)
+        (stubs / name).chmod(0o755)
+    return {**os.environ, "XDG_CONFIG_HOME": str(xdg), "FAKE_SBATCH_LOG": str(tmp_path / "sbatch.log"),
+            "PATH": os.pathsep.join([str(stubs), str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
+
+
+SITE = ["--default-resources", "slurm_partition=gpu", "slurm_account=proj", "runtime=60", "mem_mb=4000"]
+
+
+@pytest.mark.parametrize("profile", ["slurm", "profiles/slurm"])
+def test_cluster_line_dry_runs_from_the_repo_root(tmp_path, profile):
+    cfg = _tiny_config(tmp_path, "sd3")
+    p = subprocess.run([sys.executable, "-m", "snakemake", "all", "--profile", profile, "--configfile", str(cfg),
+                        "--directory", str(cfg.parent), "-n", *SITE],
+                       cwd=ROOT, capture_output=True, text=True, timeout=900, env=_cluster_env(tmp_path))
+    assert p.returncode == 0, (p.stdout + p.stderr)[-3000:]
+    assert re.search(r"^t2i_finetune\s+36$", p.stdout, re.M), p.stdout[-2000:]
+
+
+def test_gpu_rule_is_submitted_with_its_cpus_gpus_partition_and_account(tmp_path):
+    """What the slurm executor hands to sbatch for a fine-tuning job: the rule's 4 threads as
+    --cpus-per-task (no profile default of one CPU, no workflow-profile `cores` cap), its GPU, and the
+    partition and account of the README's line."""
+    cfg = _tiny_config(tmp_path, "sd3")
+    env = _cluster_env(tmp_path)
+    local = subprocess.run([sys.executable, "-m", "snakemake", "results/sd3/prompts/train.jsonl", "--cores", "1",
+                            "--configfile", str(cfg), "--directory", str(cfg.parent)],
+                           cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    assert local.returncode == 0, local.stderr[-2000:]
+    run = "results/sd3/runs/eam/pickscore/lam10/seed0/config.json"
+    p = subprocess.run([sys.executable, "-m", "snakemake", run, "--profile", "slurm", "--configfile", str(cfg), "--directory", str(cfg.parent), "--retries", "0", *SITE],
+                       cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
+    assert p.returncode != 0  # every submission is refused by the stub
+    calls = {re.search(r"--comment rule_(\w+?)_wildcards", c).group(1): c.split()
+             for c in (tmp_path / "sbatch.log").read_text().splitlines()}
+    ft = calls["t2i_finetune"]
+    assert "--cpus-per-task=4" in ft and ft[ft.index("-p") + 1] == "gpu" and ft[ft.index("-A") + 1] == "proj", ft
+    assert any(a in ("--gpus=1", "--gres=gpu:1") for a in ft), ft
+    assert "--mem" in ft and ft[ft.index("--mem") + 1] == "64000", ft
+
+
+
+def test_slurm_profile_without_slurm_fails_at_start_with_one_line(tmp_path):
+    """On a machine without SLURM's commands, the cluster line stops before any job with one line."""
+    nobin = tmp_path / "bin"  # this machine's PATH, less SLURM's client commands
+    nobin.mkdir()
+    for d in [str(Path(sys.executable).parent), *os.environ.get("PATH", "").split(os.pathsep)]:
+        for f in (Path(d).iterdir() if Path(d).is_dir() else []):
+            if f.name not in FAKE_SLURM and f.name != "srun" and not (nobin / f.name).exists():
+                (nobin / f.name).symlink_to(f)
+    cfg = _tiny_config(tmp_path, "sd3")
+    p = subprocess.run([sys.executable, "-m", "snakemake", "all", "--profile", "profiles/slurm", "--configfile", str(cfg),
+                        "--directory", str(cfg.parent), *SITE],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, "PATH": str(nobin)})
+    out = p.stdout + p.stderr
+    assert p.returncode != 0
+    lines = [ln for ln in out.splitlines() if "SLURM's commands" in ln]
+    assert len(lines) == 1 and "snakemake --cores N all" in lines[0], out[-2000:]
+    assert "Submitted" not in out and "sacct" not in out.replace("(sbatch, squeue)", "")

@@ -65,6 +65,7 @@ JobCompType=jobcomp/none
 MpiDefault=none
 $node State=UNKNOWN
 PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP
+PartitionName=second Nodes=localhost MaxTime=INFINITE State=UP
 CONF
 slurmctld -i || fail "slurmctld did not start"
 slurmd -N localhost || fail "slurmd did not start"
@@ -72,7 +73,8 @@ timeout 60 bash -c 'until [ "$(sinfo -h -N -o %T 2>/dev/null)" = idle ]; do slee
   || fail "node not idle after 60 s: $(sinfo -N 2>&1 | tail -n 1)"
 say "SLURM up in $(( $(date +%s) - START )) s: $(sinfo -h -N -o '%N %T %c CPUs')"
 
-# the embedded-default DAG on the tiny config, through the project's profile
+# the embedded-default DAG on the tiny config, through the project's profile; the fine-tuning jobs on the
+# second partition with 2 threads, to check what the profile hands to sbatch
 RUN="$WORK/run"
 mkdir -p "$RUN/tests"
 cp -r "$ROOT/Snakefile" "$ROOT/workflow" "$ROOT/config" "$ROOT/profiles" "$RUN/"
@@ -81,6 +83,7 @@ cd "$RUN"
 # no slurmdbd here: query squeue, not sacct (the profile's default, for clusters with accounting)
 timeout 1500 snakemake all --profile profiles/slurm --configfile tests/data/tiny_config.yaml \
   --slurm-status-command squeue --slurm-init-seconds-before-status-checks 5 --slurm-no-account \
+  --set-resources digits_finetune:slurm_partition=second --set-threads digits_finetune=2 \
   > "$WORK/snakemake.log" 2>&1 || fail "snakemake through SLURM failed (exit $?)"
 
 ids=$(grep -oE "SLURM jobid [0-9]+" "$WORK/snakemake.log" | awk '{print $3}' | sort -n | uniq)
@@ -94,6 +97,16 @@ for id in $ids; do
   state=$(scontrol show job "$id" 2>/dev/null | grep -oE "JobState=[A-Z]+" || true)
   [ "$state" = JobState=COMPLETED ] || fail "SLURM job $id: ${state:-unknown to slurmctld}"
 done
+n_ft=0
+for id in $ids; do
+  info=$(scontrol show job "$id")
+  case "$info" in *rule_digits_finetune_*) ;; *) continue ;; esac
+  n_ft=$((n_ft + 1))
+  echo "$info" | grep -q "Partition=second" || fail "fine-tuning job $id not on partition 'second': $(echo "$info" | grep -o 'Partition=[^ ]*')"
+  echo "$info" | grep -qE "CPUs/Task=2( |$)" || fail "fine-tuning job $id: $(echo "$info" | grep -oE 'CPUs/Task=[^ ]*') (want its 2 threads)"
+done
+[ "$n_ft" -ge 1 ] || fail "no digits_finetune job among the SLURM jobs"
+say "fine-tuning jobs: $n_ft on partition 'second' with CPUs/Task=2"
 for f in results/gmm/report/table.md results/digits/report/table.md; do
   [ -s "$f" ] || fail "$f missing after the SLURM run"
 done
