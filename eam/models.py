@@ -34,6 +34,12 @@ class VelocityModel(nn.Module):
         """Network forwards per sample-evaluation (2 where classifier-free guidance runs v_c and v_∅)."""
         return 1
 
+    def sampling_grid(self, steps: int, device=None, dtype=None) -> torch.Tensor:
+        """The times t_0 = 0 < … < t_N = 1 the ODE sampler steps through: uniform, unless the model's own
+        scheduler places them (SD3's shifted grid). At least float32 (bf16 would quantise t by ~4e-3 near 1)."""
+        dtype = torch.promote_types(dtype or torch.float32, torch.float32)
+        return torch.linspace(0.0, 1.0, steps + 1, device=device, dtype=dtype)
+
     @classmethod
     def pair(cls, path, **options) -> tuple["VelocityModel", "VelocityModel"]:
         """The frozen base and the trainable model loaded from `path`: by default two copies.

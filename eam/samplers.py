@@ -8,15 +8,16 @@ from .models import VelocityModel
 
 
 def time_grid(steps: int, device=None, dtype=None) -> torch.Tensor:
-    """t_0 = 0, …, t_N = 1, in at least float32 (bf16 would quantise t by ~4e-3 near t = 1)."""
+    """The uniform grid t_0 = 0, …, t_N = 1 of the SDE sampler (its step h = 1/N), at least float32."""
     dtype = torch.promote_types(dtype or torch.float32, torch.float32)
     return torch.linspace(0.0, 1.0, steps + 1, device=device, dtype=dtype)
 
 
 @torch.no_grad()
 def ode_sample(model: VelocityModel, x: torch.Tensor, steps: int, method: str = "euler", cond=None) -> torch.Tensor:
-    """Integrate dx/dt = v(x, t) from t = 0 (noise) to t = 1 (data) with `steps` uniform steps."""
-    ts = time_grid(steps, x.device, x.dtype)
+    """Integrate dx/dt = v(x, t) from t = 0 (noise) to t = 1 (data) in `steps` steps on the model's
+    sampling grid (uniform unless its scheduler places the steps)."""
+    ts = model.sampling_grid(steps, x.device, x.dtype)
     for t, t_next in zip(ts[:-1], ts[1:]):
         h = t_next - t
         v = model(x, t, cond)

@@ -221,3 +221,35 @@ def test_gradient_checkpointing_and_channels_last_keep_the_loss_and_gradient(dir
         for loss, grad in runs[1:]:
             assert abs(loss - loss0) <= 1e-4 * abs(loss0), method
             torch.testing.assert_close(grad, grad0, rtol=1e-3, atol=1e-5 * grad0.abs().max().item())
+
+
+@pytest.mark.parametrize("steps,guidance", [(4, 1.0), (4, 4.5), (28, 1.0), (28, 4.5)])
+def test_sd3_sampler_is_the_pipeline(dirs, steps, guidance):
+    """Our K-step Euler ODE on SD3's default (scheduler) grid equals StableDiffusion3Pipeline with
+    K inference steps, from the same initial latents and prompts, to 1e-5."""
+    from diffusers import StableDiffusion3Pipeline
+
+    from eam.samplers import ode_sample
+
+    model = load(dirs, "sd3", guidance_scale=guidance)
+    pipe = StableDiffusion3Pipeline.from_pretrained(dirs["sd3"])
+    x0 = torch.randn(len(PROMPTS), *model.sample_shape, generator=torch.Generator().manual_seed(steps))
+    with torch.no_grad():
+        ours = ode_sample(model, x0, steps, "euler", PROMPTS)
+        ref = pipe(PROMPTS.texts, num_inference_steps=steps, guidance_scale=guidance, latents=x0.clone(),
+                   height=16, width=16, output_type="latent", max_sequence_length=model.options.max_sequence_length).images
+    assert (ours - ref).abs().max().item() < 1e-5 * max(1.0, ref.abs().max().item())
+
+
+def test_sd3_uniform_grid_is_an_option_and_differs(dirs):
+    """`time_grid: uniform` restores t_k = k/K; the default grid is the scheduler's shifted one."""
+    shifted, uniform = load(dirs, "sd3").sampling_grid(4), load(dirs, "sd3", time_grid="uniform").sampling_grid(4)
+    assert torch.allclose(uniform, torch.linspace(0, 1, 5))
+    # FlowMatchEulerDiscreteScheduler(shift=3): K σ's linspace(1, σ_min) mapped by σ → 3σ / (1 + 2σ), then 0,
+    # with σ_min the shifted σ of its last training step (1/1000)
+    shift = lambda s: 3 * s / (1 + 2 * s)  # noqa: E731
+    sigma = torch.cat([shift(torch.linspace(1, shift(torch.tensor(1e-3, dtype=torch.float64)), 4, dtype=torch.float64)),
+                       torch.zeros(1, dtype=torch.float64)])
+    assert torch.allclose(shifted.double(), 1 - sigma, atol=1e-6)
+    with pytest.raises(ValueError, match="time_grid"):
+        load(dirs, "sd3", time_grid="karras")

@@ -55,6 +55,8 @@ class DiffusersOptions:
     drop_t5: bool = False                  # SD3 without its T5 encoder (zeros in its place)
     compile: bool = False                  # torch.compile the denoiser(s) for training (`pair`)
     channels_last: bool = False            # NHWC memory format for the denoiser, VAE and latents
+    time_grid: str | None = None           # ODE sampling times: "scheduler" (the pipeline's own: SD3's shifted
+                                           # grid) or "uniform"; None: the adapter's default (SD3 scheduler, SD1.5 uniform)
 
     @classmethod
     def from_dict(cls, d: dict | None) -> "DiffusersOptions":
@@ -68,6 +70,8 @@ class DiffusersOptions:
         opts = cls(**d)
         if opts.precision not in PRECISIONS:
             raise ValueError(f"unknown precision {opts.precision!r}; expected one of {', '.join(PRECISIONS)}")
+        if opts.time_grid not in (None, "scheduler", "uniform"):
+            raise ValueError(f"unknown model time_grid {opts.time_grid!r}; expected 'scheduler' or 'uniform'")
         if not opts.guidance_scale > 0 or opts.resolution < 8:
             raise ValueError("model guidance_scale must be positive and resolution at least 8")
         return opts
@@ -283,6 +287,9 @@ class FrozenBase(VelocityModel):
     @property
     def cost(self) -> int:
         return self._model[0].cost
+
+    def sampling_grid(self, steps: int, device=None, dtype=None) -> torch.Tensor:
+        return self._model[0].sampling_grid(steps, device, dtype)
 
     def velocity(self, x, t, cond=None):
         model = self._model[0]

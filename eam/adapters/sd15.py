@@ -37,6 +37,12 @@ class StableDiffusion15(DiffusersVelocity):
             raise ValueError(f"unsupported prediction_type {c.prediction_type!r} in the scheduler config")
         return VariancePreserving(c.beta_start, c.beta_end, c.beta_schedule, c.num_train_timesteps)
 
+    def sampling_grid(self, steps, device=None, dtype=None):
+        if self.options.time_grid == "scheduler":
+            raise ValueError("SD1.5 samples on the uniform grid (its DDIM grid is not implemented); "
+                             "set the model's time_grid: uniform or leave it unset")
+        return super().sampling_grid(steps, device, dtype)
+
     def encode(self, texts):
         dev = next(self.denoiser.parameters()).device
         emb, _ = self.pipe.encode_prompt(texts, dev, 1, False)

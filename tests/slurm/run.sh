@@ -69,9 +69,9 @@ PartitionName=second Nodes=localhost MaxTime=INFINITE State=UP
 CONF
 slurmctld -i || fail "slurmctld did not start"
 slurmd -N localhost || fail "slurmd did not start"
-timeout 60 bash -c 'until [ "$(sinfo -h -N -o %T 2>/dev/null)" = idle ]; do sleep 1; done' \
+timeout 60 bash -c 'until [ "$(sinfo -h -N -o %T 2>/dev/null | sort -u)" = idle ]; do sleep 1; done' \
   || fail "node not idle after 60 s: $(sinfo -N 2>&1 | tail -n 1)"
-say "SLURM up in $(( $(date +%s) - START )) s: $(sinfo -h -N -o '%N %T %c CPUs')"
+say "SLURM up in $(( $(date +%s) - START )) s: $(sinfo -h -N -o '%N %T %c CPUs' | sort -u | head -n 1), partitions $(sinfo -h -o %P | tr '\n' ' ')"
 
 # the embedded-default DAG on the tiny config, through the project's profile; the fine-tuning jobs on the
 # second partition with 2 threads, to check what the profile hands to sbatch
