@@ -8,6 +8,7 @@ under classifier-free guidance: `VelocityModel.cost`). Callers backpropagate wit
 """
 from __future__ import annotations
 
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 
 import torch
@@ -61,6 +62,8 @@ class AMConfig:
     n_random: int = 10                # ... plus n_random others drawn uniformly
     n_stratified: int = 4             # stratified: half below 60% of the trajectory, half above
     clip_quantile: float | None = None  # drop per-sample losses above an EMA of this quantile
+    guidance_in_adjoint: bool = False  # False (the official code): CFG only in the sampled trajectory; the
+                                       # base VJPs and the control u = 2(v_θ - v_base)/σ unguided
 
     def __post_init__(self):
         for name in ("n_steps", "n_last", "n_random", "n_stratified"):
@@ -69,6 +72,8 @@ class AMConfig:
                 raise ValueError(f"AM {name} must be a {'positive' if name == 'n_steps' else 'non-negative'} integer, got {v!r}")
         if self.clip_quantile is not None and not 0 < self.clip_quantile < 1:
             raise ValueError(f"AM clip_quantile must lie in (0, 1), got {self.clip_quantile}")
+        if not isinstance(self.guidance_in_adjoint, bool):
+            raise ValueError(f"AM guidance_in_adjoint must be true or false, got {self.guidance_in_adjoint!r}")
         if self.time_subset not in ("last_random", "stratified", "all"):
             raise ValueError(f"unknown AM time subset {self.time_subset!r}; expected last_random, stratified or all")
 
@@ -83,7 +88,21 @@ class AMConfig:
         else:
             mid = round(0.6 * N)
             k = min(self.n_stratified // 2, mid) + min(self.n_stratified - self.n_stratified // 2, N - mid)
-        return (2 * N + k) * cost + 1  # N sampling forwards, N base VJPs, |K| training passes, 1 reward VJP
+        adjoint_cost = cost if self.guidance_in_adjoint else 1
+        return N * cost + (N + k) * adjoint_cost + 1  # N sampling forwards, N base VJPs, |K| training passes, 1 reward VJP
+
+
+@contextmanager
+def unguided(*models):
+    """The models' classifier-free guidance switched off (scale 1, one forward per evaluation) inside."""
+    held = [(m, m.guidance_scale) for m in models if hasattr(m, "guidance_scale")]
+    try:
+        for m, _ in held:
+            m.guidance_scale = 1.0
+        yield
+    finally:
+        for m, g in held:
+            m.guidance_scale = g
 
 
 class QuantileClipper:
@@ -154,15 +173,15 @@ def am_loss(model: VelocityModel, base: VelocityModel, reward: Reward, lam: floa
     with phase("reward_vjp"):
         r, grad_r = reward_grad(reward, traj[-1], cond)
     out.nfe["reward_vjp"] += B
-    with phase("base_vjp"):
-        adj, v_base = lean_adjoint(base, traj, ts, -lam * grad_r, offset, cond)
-    out.nfe["base_vjp"] += N * B * base.cost
-
     ks = am_time_subset(cfg, generator)
-    x_k, t_k = traj[ks].flatten(0, 1), ts[ks].repeat_interleave(B)
-    with phase("train_fwd"):
-        v_theta = model(x_k, t_k, _repeat_cond(cond, len(ks)))
-    out.nfe["model_train"] += len(ks) * B * model.cost
+    with nullcontext() if cfg.guidance_in_adjoint else unguided(model, base):
+        with phase("base_vjp"):
+            adj, v_base = lean_adjoint(base, traj, ts, -lam * grad_r, offset, cond)
+        out.nfe["base_vjp"] += N * B * base.cost
+        x_k, t_k = traj[ks].flatten(0, 1), ts[ks].repeat_interleave(B)
+        with phase("train_fwd"):
+            v_theta = model(x_k, t_k, _repeat_cond(cond, len(ks)))
+        out.nfe["model_train"] += len(ks) * B * model.cost
     sigma = _bcast(model.interpolant.sigma(t_k, offset), x_k)
     per = _sqnorm(2 / sigma * (v_theta - v_base[ks].flatten(0, 1)) + sigma * adj[ks].flatten(0, 1))
     per = per.view(len(ks), B).mean(0)  # per sample, averaged over the loss steps

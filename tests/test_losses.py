@@ -103,14 +103,22 @@ def test_eam_loss_by_parts_has_the_gradient_of_one_forward():
     assert not out.parts and abs(out.loss.item() - losses[0]) < 1e-5 * abs(losses[0])
 
 
-class _Guided(GMMVelocity):
-    """A GMM velocity that costs two forwards per evaluation, as a guided model does."""
+class _TwoForwards:
+    """Costs two forwards per evaluation while its guidance scale is not 1, as a guided model does."""
 
-    cost = 2
+    guidance_scale = 3.0
+
+    @property
+    def cost(self) -> int:
+        return 1 if self.guidance_scale == 1.0 else 2
 
 
-class _GuidedResidual(ResidualVelocity):
-    cost = 2
+class _Guided(_TwoForwards, GMMVelocity):
+    pass
+
+
+class _GuidedResidual(_TwoForwards, ResidualVelocity):
+    pass
 
 
 @torch.no_grad()
@@ -124,7 +132,8 @@ def test_nfe_per_sample_equals_what_the_losses_count():
         model = residual(cls(mix, RectifiedFlow()), MLP(2, hidden=8, depth=1))
         model_cost = base.cost
         for am in (AMConfig(n_steps=10, n_last=3, n_random=4), AMConfig(n_steps=3, n_last=2, n_random=5),
-                   AMConfig(n_steps=10, time_subset="stratified", n_stratified=5), AMConfig(n_steps=6, time_subset="all")):
+                   AMConfig(n_steps=10, time_subset="stratified", n_stratified=5), AMConfig(n_steps=6, time_subset="all"),
+                   AMConfig(n_steps=10, n_last=3, n_random=4, guidance_in_adjoint=True)):
             out = am_loss(model, base, reward, 1.0, torch.randn(B, 2), am)
             assert sum(out.nfe.values()) == B * am.nfe_per_sample(model_cost), am
         for bs in ("residual", "endpoint", "exact", "bridge"):
@@ -132,3 +141,34 @@ def test_nfe_per_sample_equals_what_the_losses_count():
                 eam = EAMConfig(ode_steps=3, ode_method=method, n_times=5, base_score=bs)
                 out = eam_loss(model, base, reward, 1.0, torch.randn(B, 2), ref, eam, exact_score=mix.score)
                 assert sum(out.nfe.values()) == B * eam.nfe_per_sample(model_cost), (bs, method)
+
+
+def test_am_guides_only_its_sampled_trajectory_by_default():
+    """guidance_in_adjoint: false (the official recipe): with CFG scale 3 the network is run on 2B rows per
+    sampling step and on B rows per base VJP and per loss step, counted on the networks themselves; true
+    guides all three. The ledger agrees, and the guidance scale is restored afterwards."""
+    from eam.adapters.digits_flow import DigitsFlow, FlowNet
+
+    torch.manual_seed(0)
+    net = FlowNet(channels=8, emb=16)
+    model, base = DigitsFlow(net, 3.0), DigitsFlow(FlowNet(channels=8, emb=16), 3.0).requires_grad_(False)
+    base.net.load_state_dict(net.state_dict())
+    rows = {"model": 0, "base": 0}
+    model.net.register_forward_hook(lambda m, a, o: rows.__setitem__("model", rows["model"] + a[0].shape[0]))
+    base.net.register_forward_hook(lambda m, a, o: rows.__setitem__("base", rows["base"] + a[0].shape[0]))
+
+    class Mean:  # a differentiable reward on 8x8 images
+        def __call__(self, x, cond=None):
+            return x.flatten(1).mean(1)
+
+    B, N = 4, 6
+    cond = PromptBatch(["3"] * B, torch.full((B,), 3))
+    for guided in (False, True):
+        rows.update(model=0, base=0)
+        cfg = AMConfig(n_steps=N, time_subset="stratified", n_stratified=2, guidance_in_adjoint=guided)
+        out = am_loss(model, base, Mean(), 1.0, torch.randn(B, 1, 8, 8), cfg, cond)
+        out.loss.backward()
+        g = 2 if guided else 1
+        assert rows == {"model": N * 2 * B + 2 * g * B, "base": N * g * B}, (guided, rows)
+        assert sum(out.nfe.values()) == B * cfg.nfe_per_sample(2)
+        assert model.guidance_scale == base.guidance_scale == 3.0
