@@ -293,9 +293,10 @@ def test_bench_counts_floor_and_knobs(tiny, tmp_path):
     euler, b8, cfg2 = r["knobs"]
     assert set(euler["methods"]) == {"eam"} and euler["methods"]["eam"]["nfe_per_iter"]["model_fwd"] == 12
     assert set(b8["methods"]) == {"am", "eam"} and b8["methods"]["am"]["nfe_per_iter"]["base_vjp"] == 48
-    # classifier-free guidance: 2 network rows per evaluation, the reward VJP once per sample
-    assert cfg2["methods"]["am"]["nfe_per_iter"] == {"model_fwd": 48, "model_train": 32, "base_fwd": 0,
-                                                     "base_vjp": 48, "reward_vjp": 4}
+    # classifier-free guidance: 2 network rows per evaluation, the reward VJP once per sample; AM guides
+    # only its sampled trajectory (am.guidance_in_adjoint: false, the official recipe)
+    assert cfg2["methods"]["am"]["nfe_per_iter"] == {"model_fwd": 48, "model_train": 16, "base_fwd": 0,
+                                                     "base_vjp": 24, "reward_vjp": 4}
     assert cfg2["methods"]["eam"]["nfe_per_iter"] == {"model_fwd": 56, "model_train": 16, "base_fwd": 8,
                                                       "base_vjp": 0, "reward_vjp": 4}
     assert all(math.isfinite(v["time_vs_baseline"]) and v["time_vs_baseline"] > 0
