@@ -54,6 +54,14 @@ class Group:
         self.sum_([on])
         return on.cpu()
 
+    def gathered(self, t: torch.Tensor) -> torch.Tensor:
+        """The concatenation of every process's `t` (same shape on each), in rank order."""
+        if self.world == 1:
+            return t
+        parts = [torch.empty_like(t) for _ in range(self.world)]
+        dist.all_gather(parts, t.contiguous())
+        return torch.cat(parts)
+
     def sum_grads(self, params):
         grads = [p.grad for p in params if p.grad is not None]
         self.sum_(grads)

@@ -237,7 +237,7 @@ def _finetune(cfg, model_name, model_path, reward_name, reward_path, train_promp
     opt = torch.optim.Adam(model.trainable_parameters(), lr=cfg.lr)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda i: cfg.lr_final + (1 - cfg.lr_final) * 0.5 * (1 + math.cos(math.pi * min(i / cfg.iters, 1.0))))
-    clipper = QuantileClipper(cfg.am.clip_quantile) if cfg.am.clip_quantile else None
+    clipper = QuantileClipper(cfg.am.clip_quantile, gather=group.gathered) if cfg.am.clip_quantile else None
     ledger, step = Ledger(), 0
     log_path = work / "metrics.jsonl"
     my_shards, shard_size = range(group.rank, cfg.shards, group.world), cfg.batch // cfg.shards

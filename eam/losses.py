@@ -61,7 +61,9 @@ class AMConfig:
     n_last: int = 10                  # last_random: the last n_last steps ...
     n_random: int = 10                # ... plus n_random others drawn uniformly
     n_stratified: int = 4             # stratified: half below 60% of the trajectory, half above
-    clip_quantile: float | None = None  # drop per-sample losses above an EMA of this quantile
+    clip_quantile: float | None = None  # drop losses above an EMA of this quantile (official: 0.9)
+    clip_per: str = "entry"           # "entry" (official): each (sample, loss step) term; "sample": its mean over steps
+    loss_scale: str = "dt"            # "dt" (official): each term times its step h, mean over terms; "unit": no h
     guidance_in_adjoint: bool = False  # False (the official code): CFG only in the sampled trajectory; the
                                        # base VJPs and the control u = 2(v_θ - v_base)/σ unguided
 
@@ -74,6 +76,10 @@ class AMConfig:
             raise ValueError(f"AM clip_quantile must lie in (0, 1), got {self.clip_quantile}")
         if not isinstance(self.guidance_in_adjoint, bool):
             raise ValueError(f"AM guidance_in_adjoint must be true or false, got {self.guidance_in_adjoint!r}")
+        if self.clip_per not in ("entry", "sample"):
+            raise ValueError(f"unknown AM clip_per {self.clip_per!r}; expected entry or sample")
+        if self.loss_scale not in ("dt", "unit"):
+            raise ValueError(f"unknown AM loss_scale {self.loss_scale!r}; expected dt or unit")
         if self.time_subset not in ("last_random", "stratified", "all"):
             raise ValueError(f"unknown AM time subset {self.time_subset!r}; expected last_random, stratified or all")
 
@@ -106,22 +112,25 @@ def unguided(*models):
 
 
 class QuantileClipper:
-    """The official AM code's per-sample clipping: an EMA (decay 0.9; a plain running average while
-    fewer than 1/decay updates were made) of the q-quantile of sqrt(loss); entries at or above it
-    are dropped from the loss."""
+    """The official AM code's loss clipping: an EMA (decay 0.9; a plain running average while fewer
+    than 1/decay updates were made) of the q-quantile of sqrt(loss) over the terms of one loss call,
+    gathered over the processes of a data-parallel run (`gather`: a tensor's concatenation over
+    processes); terms at or above the updated EMA are dropped."""
 
-    def __init__(self, quantile: float, decay: float = 0.9):
+    def __init__(self, quantile: float, decay: float = 0.9, gather=None):
         self.q, self.decay, self.updates, self.value = quantile, decay, 0, 0.0
+        self.gather = gather
 
-    def update(self, per_sample: torch.Tensor) -> torch.Tensor:
-        root = per_sample.detach().sqrt()
-        q = torch.quantile(root, self.q).item()
+    def update(self, losses: torch.Tensor) -> torch.Tensor:
+        root = losses.detach().sqrt()
+        everyone = root.flatten() if self.gather is None else self.gather(root.flatten())
+        q = torch.quantile(everyone.float(), self.q).item()
         if self.updates < 1 / self.decay:
             self.value += (q - self.value) / (self.updates + 1)
         else:
             self.value = self.decay * self.value + (1 - self.decay) * q
         self.updates += 1
-        return (root < self.value).to(per_sample.dtype)
+        return (root < self.value).to(losses.dtype)
 
 
 def am_time_subset(cfg: AMConfig, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -163,7 +172,8 @@ def lean_adjoint(base: VelocityModel, traj: torch.Tensor, ts: torch.Tensor, a_fi
 def am_loss(model: VelocityModel, base: VelocityModel, reward: Reward, lam: float, x0: torch.Tensor,
             cfg: AMConfig, cond=None, clipper: QuantileClipper | None = None,
             generator: torch.Generator | None = None) -> LossOutput:
-    """L_AM = mean_{k∈K} ‖(2/σ_k)(v_θ - v_base)(X_k, t_k) + σ_k ã_k‖² on one fresh SDE trajectory."""
+    """L_AM = mean over (sample, k ∈ K) of h_k ‖(2/σ_k)(v_θ - v_base)(X_k, t_k) + σ_k ã_k‖² on one fresh
+    SDE trajectory (h_k = t_{k+1} - t_k; `loss_scale: unit` drops it), each term clipped by `clipper`."""
     B, N = x0.shape[0], cfg.n_steps
     offset = 1.0 / N if cfg.offset is None else cfg.offset
     out = LossOutput(None, None)
@@ -183,11 +193,14 @@ def am_loss(model: VelocityModel, base: VelocityModel, reward: Reward, lam: floa
             v_theta = model(x_k, t_k, _repeat_cond(cond, len(ks)))
         out.nfe["model_train"] += len(ks) * B * model.cost
     sigma = _bcast(model.interpolant.sigma(t_k, offset), x_k)
-    per = _sqnorm(2 / sigma * (v_theta - v_base[ks].flatten(0, 1)) + sigma * adj[ks].flatten(0, 1))
-    per = per.view(len(ks), B).mean(0)  # per sample, averaged over the loss steps
+    terms = _sqnorm(2 / sigma * (v_theta - v_base[ks].flatten(0, 1)) + sigma * adj[ks].flatten(0, 1)).view(len(ks), B)
+    if cfg.loss_scale == "dt":
+        terms = terms * (ts[ks + 1] - ts[ks]).to(terms.dtype)[:, None]
+    if cfg.clip_per == "sample":
+        terms = terms.mean(0)
     if clipper is not None:
-        per = per * clipper.update(per)
-    out.loss, out.reward = per.mean(), r
+        terms = terms * clipper.update(terms)
+    out.loss, out.reward = terms.mean(), r
     return out
 
 

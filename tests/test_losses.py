@@ -1,4 +1,10 @@
-"""AM's loss-time subsets, the official code's EMA-quantile clipping, and where gradients go."""
+"""AM's loss-time subsets, the official code's EMA-quantile clipping and loss scale, and where gradients go."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
 import torch
 
 from eam.gmm import GaussianMixture, GMMVelocity
@@ -172,3 +178,70 @@ def test_am_guides_only_its_sampled_trajectory_by_default():
         assert rows == {"model": N * 2 * B + 2 * g * B, "base": N * g * B}, (guided, rows)
         assert sum(out.nfe.values()) == B * cfg.nfe_per_sample(2)
         assert model.guidance_scale == base.guidance_scale == 3.0
+
+
+class _Spy(QuantileClipper):
+    """Records what the loss hands the clipper and the mask it gets back."""
+
+    def update(self, losses):
+        mask = super().update(losses)
+        self.seen = (losses.detach().clone(), mask)
+        return mask
+
+
+def test_am_loss_is_the_official_mean_of_dt_weighted_terms_each_clipped():
+    """The official code's loss: each (loss step, sample) term h_k‖u + σ ã‖² (h_k = 1/N on the uniform
+    grid), clipped term by term, averaged over all |K|·B terms, the dropped ones included; `loss_scale:
+    unit` is N times larger; `clip_per: sample` clips the per-sample means."""
+    mix, base, model = _models()
+    reward, x0, N, B = LinearReward([1.0, -0.5]), torch.randn(64, 2), 8, 64
+    runs = {}
+    for scale in ("dt", "unit"):
+        for per in ("entry", "sample"):
+            cfg = AMConfig(n_steps=N, time_subset="stratified", n_stratified=4, clip_per=per, loss_scale=scale,
+                           clip_quantile=0.5)
+            spy = _Spy(0.5)
+            out = am_loss(model, base, reward, 1.0, x0, cfg, clipper=spy, generator=torch.Generator().manual_seed(0))
+            runs[scale, per] = (out.loss.item(), *spy.seen)
+    loss, terms, mask = runs["dt", "entry"]
+    assert terms.shape == (4, B) and mask.shape == (4, B)
+    assert 0.4 < mask.mean().item() < 0.6  # the first update's threshold is this call's median
+    assert loss == pytest.approx((terms * mask).sum().item() / terms.numel(), rel=1e-6)
+    assert runs["unit", "entry"][1] == pytest.approx(N * terms, rel=1e-5)
+    loss_s, terms_s, mask_s = runs["dt", "sample"]
+    assert terms_s.shape == mask_s.shape == (B,) and terms_s == pytest.approx(terms.mean(0), rel=1e-6)
+    assert loss_s == pytest.approx((terms_s * mask_s).mean().item(), rel=1e-6)
+    assert runs["unit", "sample"][0] == pytest.approx(N * loss_s, rel=1e-5)
+
+
+_GATHER = """
+import json, sys, torch
+from eam.distributed import Group
+from eam.losses import QuantileClipper
+group = Group()
+losses = torch.load(sys.argv[1])
+half = losses[group.rank * 30:(group.rank + 1) * 30]
+clip = QuantileClipper(0.9, gather=group.gathered)
+masks = [clip.update(half * (i + 1)).tolist() for i in range(3)]
+json.dump({"value": clip.value, "masks": masks}, open(sys.argv[2] + str(group.rank), "w"))
+group.close()
+"""
+
+
+def test_clipping_quantile_is_gathered_over_processes(tmp_path):
+    """Two gloo processes holding 30 terms each update the EMA with the quantile of all 60, as one
+    process holding all 60 does (the official code gathers the losses over GPUs)."""
+    losses = torch.rand(60, generator=torch.Generator().manual_seed(0))
+    torch.save(losses, tmp_path / "losses.pt")
+    (tmp_path / "gather.py").write_text(_GATHER)
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                        str(tmp_path / "gather.py"), str(tmp_path / "losses.pt"), str(tmp_path / "out")],
+                       capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    one = QuantileClipper(0.9)
+    masks = [one.update(losses * (i + 1)) for i in range(3)]
+    for rank in (0, 1):
+        got = json.loads((tmp_path / f"out{rank}").read_text())
+        assert got["value"] == pytest.approx(one.value, rel=1e-6)
+        for m, g in zip(masks, got["masks"]):
+            assert g == m[rank * 30:(rank + 1) * 30].tolist()
