@@ -74,6 +74,26 @@ class Interpolant:
         """b(x, t) = 2 v - (α̇/α) x; for two models b_θ - b_base = 2 (v_θ - v_base) exactly."""
         return 2 * v - _bcast(self.drift_coefficient(t, offset), x) * x
 
+    default_sde_step = "euler"
+
+    def sde_step(self, t0, t1, offset: float = 0.0, kind: str = "euler") -> tuple[torch.Tensor, ...]:
+        """(A, C, s) of one step of the memoryless SDE from t0 to t1: X' = A X + C v(X, t0) + s ξ.
+
+        euler: Euler–Maruyama, A = 1 - h α̇/α, C = 2h, s = σ(t0)√h (h = t1 - t0, σ and α̇/α at t0 + offset).
+        ddpm: the DDPM posterior step (diffusers' DDIM with η = 1): X' = α' D + sqrt(β'² - s²) N + s ξ
+        with s² = (β'/β)² (1 - α²/α'²), (D, N) the posterior means of (X, v) at t0 (method.md §3)."""
+        if kind == "euler":
+            h = t1 - t0
+            return 1 - h * self.drift_coefficient(t0, offset), 2 * h, self.sigma(t0, offset) * h**0.5
+        if kind != "ddpm":
+            raise ValueError(f"unknown SDE step {kind!r}; expected euler or ddpm")
+        a, b, da, db = self.coefficients(torch.as_tensor(t0))
+        a1, b1 = self.coefficients(torch.as_tensor(t1))[:2]
+        s = torch.sqrt((b1 / b) ** 2 * (1 - (a / a1) ** 2))
+        c = torch.sqrt((b1**2 - s**2).clamp(min=0))
+        det = a * db - b * da  # D = (β̇ X - β v)/det, N = (α v - α̇ X)/det
+        return (a1 * db - c * da) / det, (c * a - a1 * b) / det, s
+
 
 class RectifiedFlow(Interpolant):
     """α_t = t, β_t = 1 - t (SD3, SD3.5, FLUX)."""
@@ -83,6 +103,12 @@ class RectifiedFlow(Interpolant):
     def coefficients(self, t):
         t = torch.as_tensor(t)
         return t, 1 - t, torch.ones_like(t), -torch.ones_like(t)
+
+    def sde_step(self, t0, t1, offset: float = 0.0, kind: str = "euler"):
+        if kind == "ddpm":
+            raise ValueError("the ddpm SDE step is for variance-preserving models (a rectified flow ends at "
+                             "β = 0, where its last step has no noise); set am.sde_step: euler or auto")
+        return super().sde_step(t0, t1, offset, kind)
 
     def sigma(self, t, offset: float = 0.0):
         """σ(t) = sqrt(2 (1 - t + h) / (t + h)) (AM offset h on both ends, as in the AM paper)."""
@@ -98,6 +124,7 @@ class VariancePreserving(Interpolant):
     """
 
     name = "variance_preserving"
+    default_sde_step = "ddpm"  # the official AM code's SD1.5 sampler (DDIM, η = 1)
 
     def __init__(self, beta_start=0.00085, beta_end=0.012, schedule="scaled_linear", num_train_timesteps=1000):
         T = num_train_timesteps

@@ -64,6 +64,8 @@ class AMConfig:
     clip_quantile: float | None = None  # drop losses above an EMA of this quantile (official: 0.9)
     clip_per: str = "entry"           # "entry" (official): each (sample, loss step) term; "sample": its mean over steps
     loss_scale: str = "dt"            # "dt" (official): each term times its step h, mean over terms; "unit": no h
+    sde_step: str = "auto"            # "euler" (Euler–Maruyama) | "ddpm" (DDPM posterior, VP only) | "auto":
+                                      # the interpolant's (ddpm for VP, the official SD1.5 code; euler otherwise)
     guidance_in_adjoint: bool = False  # False (the official code): CFG only in the sampled trajectory; the
                                        # base VJPs and the control u = 2(v_θ - v_base)/σ unguided
 
@@ -78,6 +80,8 @@ class AMConfig:
             raise ValueError(f"AM guidance_in_adjoint must be true or false, got {self.guidance_in_adjoint!r}")
         if self.clip_per not in ("entry", "sample"):
             raise ValueError(f"unknown AM clip_per {self.clip_per!r}; expected entry or sample")
+        if self.sde_step not in ("auto", "euler", "ddpm"):
+            raise ValueError(f"unknown AM sde_step {self.sde_step!r}; expected auto, euler or ddpm")
         if self.loss_scale not in ("dt", "unit"):
             raise ValueError(f"unknown AM loss_scale {self.loss_scale!r}; expected dt or unit")
         if self.time_subset not in ("last_random", "stratified", "all"):
@@ -151,20 +155,20 @@ def am_time_subset(cfg: AMConfig, generator: torch.Generator | None = None) -> t
 
 
 def lean_adjoint(base: VelocityModel, traj: torch.Tensor, ts: torch.Tensor, a_final: torch.Tensor,
-                 offset: float, cond=None):
-    """ã_N = a_final; ã_k = ã_{k+1} + h ã_{k+1}ᵀ ∇_x b_base(X_k, t_k) (the exact adjoint of the
-    Euler–Maruyama step, one base VJP per step). Returns ã_0..ã_N and v_base(X_k, t_k), k < N."""
+                 offset: float, cond=None, step: str = "euler"):
+    """ã_N = a_final; ã_k = A_k ã_{k+1} + C_k ∇_x v_base(X_k, t_k)ᵀ ã_{k+1}: the exact adjoint of the
+    sampler's step X' = A X + C v + s ξ (euler: A = 1 - hα̇/α, C = 2h), one base VJP per step.
+    Returns ã_0..ã_N and v_base(X_k, t_k), k < N."""
     interp, N = base.interpolant, traj.shape[0] - 1
     adj, v_base = [None] * (N + 1), [None] * N
     adj[N] = a = a_final
     for k in range(N - 1, -1, -1):
-        h = ts[k + 1] - ts[k]
         with torch.enable_grad():
             x = traj[k].detach().requires_grad_(True)
             v = base(x, ts[k], cond)
             (jv,) = torch.autograd.grad(v, x, a)
-        # ∇_x b_base = 2 ∇_x v_base - (α̇/α) I
-        a = a + h * (2 * jv - interp.drift_coefficient(ts[k], offset) * a)
+        A, C, _ = interp.sde_step(ts[k], ts[k + 1], offset, step)
+        a = A * a + C * jv
         adj[k], v_base[k] = a, v.detach()
     return torch.stack(adj), torch.stack(v_base)
 
@@ -172,13 +176,15 @@ def lean_adjoint(base: VelocityModel, traj: torch.Tensor, ts: torch.Tensor, a_fi
 def am_loss(model: VelocityModel, base: VelocityModel, reward: Reward, lam: float, x0: torch.Tensor,
             cfg: AMConfig, cond=None, clipper: QuantileClipper | None = None,
             generator: torch.Generator | None = None) -> LossOutput:
-    """L_AM = mean over (sample, k ∈ K) of h_k ‖(2/σ_k)(v_θ - v_base)(X_k, t_k) + σ_k ã_k‖² on one fresh
-    SDE trajectory (h_k = t_{k+1} - t_k; `loss_scale: unit` drops it), each term clipped by `clipper`."""
+    """L_AM = mean over (sample, k ∈ K) of ‖C_k (v_θ - v_base)(X_k, t_k) / s_k + s_k ã_k‖² on one fresh
+    SDE trajectory, X' = A X + C v + s ξ its step (Euler–Maruyama: h_k ‖(2/σ_k)(v_θ - v_base) + σ_k ã_k‖²);
+    `loss_scale: unit` divides each term by h_k; each term clipped by `clipper`."""
     B, N = x0.shape[0], cfg.n_steps
     offset = 1.0 / N if cfg.offset is None else cfg.offset
     out = LossOutput(None, None)
+    step = model.interpolant.default_sde_step if cfg.sde_step == "auto" else cfg.sde_step
     with phase("sample"):
-        traj, ts, _ = sde_sample(model, x0, N, offset, cond, generator)
+        traj, ts, _ = sde_sample(model, x0, N, offset, cond, generator, step)
     out.nfe["model_fwd"] += N * B * model.cost
     with phase("reward_vjp"):
         r, grad_r = reward_grad(reward, traj[-1], cond)
@@ -186,16 +192,16 @@ def am_loss(model: VelocityModel, base: VelocityModel, reward: Reward, lam: floa
     ks = am_time_subset(cfg, generator)
     with nullcontext() if cfg.guidance_in_adjoint else unguided(model, base):
         with phase("base_vjp"):
-            adj, v_base = lean_adjoint(base, traj, ts, -lam * grad_r, offset, cond)
+            adj, v_base = lean_adjoint(base, traj, ts, -lam * grad_r, offset, cond, step)
         out.nfe["base_vjp"] += N * B * base.cost
         x_k, t_k = traj[ks].flatten(0, 1), ts[ks].repeat_interleave(B)
         with phase("train_fwd"):
             v_theta = model(x_k, t_k, _repeat_cond(cond, len(ks)))
         out.nfe["model_train"] += len(ks) * B * model.cost
-    sigma = _bcast(model.interpolant.sigma(t_k, offset), x_k)
-    terms = _sqnorm(2 / sigma * (v_theta - v_base[ks].flatten(0, 1)) + sigma * adj[ks].flatten(0, 1)).view(len(ks), B)
-    if cfg.loss_scale == "dt":
-        terms = terms * (ts[ks + 1] - ts[ks]).to(terms.dtype)[:, None]
+    _, C, s = (_bcast(c.repeat_interleave(B), x_k) for c in model.interpolant.sde_step(ts[ks], ts[ks + 1], offset, step))
+    terms = _sqnorm(C / s * (v_theta - v_base[ks].flatten(0, 1)) + s * adj[ks].flatten(0, 1)).view(len(ks), B)
+    if cfg.loss_scale == "unit":
+        terms = terms / (ts[ks + 1] - ts[ks]).to(terms.dtype)[:, None]
     if cfg.clip_per == "sample":
         terms = terms.mean(0)
     if clipper is not None:

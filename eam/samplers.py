@@ -1,4 +1,4 @@
-"""Samplers: Euler and Heun ODE of a velocity field, memoryless Euler–Maruyama SDE (method.md §2)."""
+"""Samplers: Euler and Heun ODE of a velocity field; the memoryless SDE by Euler–Maruyama or DDPM posterior steps (method.md §2, §3)."""
 from __future__ import annotations
 
 import torch
@@ -33,21 +33,22 @@ def ode_sample(model: VelocityModel, x: torch.Tensor, steps: int, method: str = 
 
 @torch.no_grad()
 def sde_sample(model: VelocityModel, x: torch.Tensor, steps: int, offset: float | None = None, cond=None,
-               generator: torch.Generator | None = None):
-    """Memoryless SDE dX = b(X, t) dt + σ(t) dB with b = 2v - (α̇/α)x, by Euler–Maruyama.
+               generator: torch.Generator | None = None, step: str = "euler"):
+    """The memoryless SDE dX = b(X, t) dt + σ(t) dB, b = 2v - (α̇/α)x, on the uniform grid, one
+    `Interpolant.sde_step` per step (`euler`: Euler–Maruyama; `ddpm`: the DDPM posterior step).
 
     Returns the trajectory [steps + 1, B, ...], the grid t_0..t_N and the model velocities at
-    t_0..t_{N-1}. `offset` h (default: one step) keeps σ and α̇/α finite at t = 0.
+    t_0..t_{N-1}. `offset` h (default: one step) keeps σ and α̇/α finite at t = 0 (euler).
     """
     interp = model.interpolant
     ts = time_grid(steps, x.device, x.dtype)
-    h = 1.0 / steps
-    offset = h if offset is None else offset
+    offset = 1.0 / steps if offset is None else offset
     traj, vels = [x], []
-    for t in ts[:-1]:
+    for t, t_next in zip(ts[:-1], ts[1:]):
         v = model(x, t, cond)
         noise = torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
-        x = x + h * interp.drift(v, x, t, offset) + _bcast(interp.sigma(t, offset), x) * h**0.5 * noise
+        A, C, s = (_bcast(c, x) for c in interp.sde_step(t, t_next, offset, step))
+        x = A * x + C * v + s * noise
         traj.append(x)
         vels.append(v)
     return torch.stack(traj), ts, torch.stack(vels)

@@ -253,3 +253,17 @@ def test_sd3_uniform_grid_is_an_option_and_differs(dirs):
     assert torch.allclose(shifted.double(), 1 - sigma, atol=1e-6)
     with pytest.raises(ValueError, match="time_grid"):
         load(dirs, "sd3", time_grid="karras")
+
+
+def test_sd15_official_betas_are_an_option(dirs):
+    """`betas: [0.002, 0.009]` (the official AM code's SD1.5 schedule) replaces the checkpoint's DDPM betas
+    in the interpolant and the scheduler; SD3 has no betas and refuses it in one line."""
+    default, official = load(dirs, "sd15"), load(dirs, "sd15", betas=[0.002, 0.009])
+    abar = torch.cumprod(1 - torch.linspace(0.002**0.5, 0.009**0.5, 1000, dtype=torch.float64) ** 2, 0)
+    torch.testing.assert_close(official.interpolant.alphas_cumprod, abar)
+    assert official.pipe.scheduler.config.beta_start == 0.002 and default.pipe.scheduler.config.beta_start == 0.00085
+    assert not torch.allclose(default.interpolant.alphas_cumprod, abar)
+    with pytest.raises(ValueError, match="DDPM schedulers"):
+        load(dirs, "sd3", betas=[0.002, 0.009])
+    with pytest.raises(ValueError, match="beta_start, beta_end"):
+        load(dirs, "sd15", betas=[0.009, 0.002])

@@ -57,6 +57,8 @@ class DiffusersOptions:
     channels_last: bool = False            # NHWC memory format for the denoiser, VAE and latents
     time_grid: str | None = None           # ODE sampling times: "scheduler" (the pipeline's own: SD3's shifted
                                            # grid) or "uniform"; None: the adapter's default (SD3 scheduler, SD1.5 uniform)
+    betas: tuple[float, float] | None = None  # DDPM beta_start, beta_end replacing the checkpoint's (SD1.5;
+                                              # the official AM code uses 0.002, 0.009); None: the checkpoint's
 
     @classmethod
     def from_dict(cls, d: dict | None) -> "DiffusersOptions":
@@ -72,6 +74,12 @@ class DiffusersOptions:
             raise ValueError(f"unknown precision {opts.precision!r}; expected one of {', '.join(PRECISIONS)}")
         if opts.time_grid not in (None, "scheduler", "uniform"):
             raise ValueError(f"unknown model time_grid {opts.time_grid!r}; expected 'scheduler' or 'uniform'")
+        if opts.betas is not None:
+            b = opts.betas
+            if (not isinstance(b, (list, tuple)) or len(b) != 2 or not all(isinstance(v, (int, float)) for v in b)
+                    or not 0 < b[0] < b[1] < 1):
+                raise ValueError(f"model betas must be [beta_start, beta_end] with 0 < start < end < 1, got {b!r}")
+            opts.betas = (float(b[0]), float(b[1]))
         if not opts.guidance_scale > 0 or opts.resolution < 8:
             raise ValueError("model guidance_scale must be positive and resolution at least 8")
         return opts
@@ -101,6 +109,12 @@ class DiffusersVelocity(VelocityModel):
     name = ""
 
     def __init__(self, pipe, options: DiffusersOptions, source: str):
+        if options.betas is not None:  # the official AM code fine-tunes SD1.5 on betas 0.002, 0.009
+            if "beta_start" not in pipe.scheduler.config:
+                raise ValueError(f"model betas apply to DDPM schedulers (SD1.5); {type(pipe.scheduler).__name__} "
+                                 "has none: remove the setting")
+            pipe.scheduler = type(pipe.scheduler).from_config(
+                pipe.scheduler.config, beta_start=options.betas[0], beta_end=options.betas[1])
         super().__init__(self.make_interpolant(pipe.scheduler))
         self.options, self.source = options, str(source)
         self.dtype = PRECISIONS[options.precision]
