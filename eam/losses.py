@@ -219,7 +219,7 @@ BASE_SCORES = ("residual", "endpoint", "exact", "bridge")
 @dataclass
 class EAMConfig:
     ode_steps: int = 8              # K steps of the few-step sampler for x_1
-    ode_method: str = "heun"        # "euler" | "heun" (Heun: 2 NFEs per step)
+    ode_method: str = "heun"        # "euler" | "heun" (Heun: 2 NFEs per step) | "ddim" (SD1.5's pipeline step)
     n_times: int = 8                # M loss timesteps per x_1
     base_score: str = "residual"    # "residual" | "endpoint" | "exact" | "bridge" (§5)
     delta: float = 0.05             # residual, endpoint: evaluate the scores at t' = 1 - δ
@@ -234,6 +234,8 @@ class EAMConfig:
     def __post_init__(self):
         if self.base_score not in BASE_SCORES:
             raise ValueError(f"unknown base_score {self.base_score!r}; expected one of {BASE_SCORES}")
+        if self.ode_method not in ("euler", "heun", "ddim"):
+            raise ValueError(f"unknown EAM ode_method {self.ode_method!r}; expected euler, heun or ddim")
         if self.weighting not in ("u", "v"):
             raise ValueError(f"unknown EAM weighting {self.weighting!r}; expected 'u' or 'v'")
         if not 0 < self.delta < 1:

@@ -16,18 +16,23 @@ def time_grid(steps: int, device=None, dtype=None) -> torch.Tensor:
 @torch.no_grad()
 def ode_sample(model: VelocityModel, x: torch.Tensor, steps: int, method: str = "euler", cond=None) -> torch.Tensor:
     """Integrate dx/dt = v(x, t) from t = 0 (noise) to t = 1 (data) in `steps` steps on the model's
-    sampling grid (uniform unless its scheduler places the steps)."""
+    sampling grid (uniform unless its scheduler places the steps). `ddim`: x' = α' D + β' N with (D, N)
+    the posterior means of (x, v) at t (diffusers' DDIM with η = 0; the Euler step on a rectified flow)."""
+    interp = model.interpolant
     ts = model.sampling_grid(steps, x.device, x.dtype)
     for t, t_next in zip(ts[:-1], ts[1:]):
         h = t_next - t
         v = model(x, t, cond)
         if method == "euler":
             x = x + h * v
+        elif method == "ddim":
+            D, N = interp.to_posterior_means(v, x, t, "velocity")
+            x = _bcast(interp.alpha(t_next), x) * D + _bcast(interp.beta(t_next), x) * N
         elif method == "heun":
             x_pred = x + h * v
             x = x + 0.5 * h * (v + model(x_pred, t_next, cond))
         else:
-            raise ValueError(f"unknown ODE method {method!r}; expected 'euler' or 'heun'")
+            raise ValueError(f"unknown ODE method {method!r}; expected euler, heun or ddim")
     return x
 
 

@@ -241,6 +241,35 @@ def test_sd3_sampler_is_the_pipeline(dirs, steps, guidance):
     assert (ours - ref).abs().max().item() < 1e-5 * max(1.0, ref.abs().max().item())
 
 
+@pytest.mark.parametrize("guidance", [1.0, 4.5])
+@pytest.mark.parametrize("steps", [4, 50])
+def test_sd15_sampler_is_the_pipeline_with_ddim(dirs, steps, guidance):
+    """Our K-step `ddim` ODE on SD1.5's default (scheduler) grid equals StableDiffusionPipeline with
+    DDIMScheduler (η = 0, trailing spacing) and K inference steps, from the same latents, to 1e-5;
+    Euler steps on the same grid do not."""
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+
+    from eam.samplers import ode_sample
+
+    model = load(dirs, "sd15", guidance_scale=guidance)
+    pipe = StableDiffusionPipeline.from_pretrained(dirs["sd15"], safety_checker=None, feature_extractor=None,
+                                                   requires_safety_checker=False)
+    # clip_sample: false as in SD1.5's scheduler_config.json (our sampler does not clip x̂_0)
+    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, timestep_spacing="trailing", clip_sample=False)
+    x0 = torch.randn(len(PROMPTS), *model.sample_shape, generator=torch.Generator().manual_seed(steps))
+    with torch.no_grad():
+        ours = ode_sample(model, x0, steps, "ddim", PROMPTS)
+        ref = pipe(PROMPTS.texts, num_inference_steps=steps, guidance_scale=guidance, latents=x0.clone(), eta=0.0,
+                   height=16, width=16, output_type="latent").images
+        euler = ode_sample(model, x0, steps, "euler", PROMPTS)
+    scale = max(1.0, ref.abs().max().item())
+    assert (ours - ref).abs().max().item() < 1e-5 * scale
+    assert (euler - ref).abs().max().item() > 1e-3 * scale
+    if steps == 4:  # trailing: τ = 999, 749, 499, 249, then ᾱ_0
+        torch.testing.assert_close(model.sampling_grid(4).double(),
+                                   1 - torch.tensor([999, 749, 499, 249, 0], dtype=torch.float64) / 999)
+
+
 def test_sd3_uniform_grid_is_an_option_and_differs(dirs):
     """`time_grid: uniform` restores t_k = k/K; the default grid is the scheduler's shifted one."""
     shifted, uniform = load(dirs, "sd3").sampling_grid(4), load(dirs, "sd3", time_grid="uniform").sampling_grid(4)

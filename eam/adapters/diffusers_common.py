@@ -56,7 +56,7 @@ class DiffusersOptions:
     compile: bool = False                  # torch.compile the denoiser(s) for training (`pair`)
     channels_last: bool = False            # NHWC memory format for the denoiser, VAE and latents
     time_grid: str | None = None           # ODE sampling times: "scheduler" (the pipeline's own: SD3's shifted
-                                           # grid) or "uniform"; None: the adapter's default (SD3 scheduler, SD1.5 uniform)
+                                           # σ's, SD1.5's DDIM trailing timesteps) or "uniform"; None: scheduler
     betas: tuple[float, float] | None = None  # DDPM beta_start, beta_end replacing the checkpoint's (SD1.5;
                                               # the official AM code uses 0.002, 0.009); None: the checkpoint's
 

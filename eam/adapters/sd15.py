@@ -8,6 +8,8 @@ t = 1 - τ/(T - 1) (`VariancePreserving`). The UNet is called at the continuous 
 """
 from __future__ import annotations
 
+import torch
+
 from ..interpolants import VariancePreserving
 from ..registry import register
 from .diffusers_common import DiffusersVelocity
@@ -38,10 +40,19 @@ class StableDiffusion15(DiffusersVelocity):
         return VariancePreserving(c.beta_start, c.beta_end, c.beta_schedule, c.num_train_timesteps)
 
     def sampling_grid(self, steps, device=None, dtype=None):
-        if self.options.time_grid == "scheduler":
-            raise ValueError("SD1.5 samples on the uniform grid (its DDIM grid is not implemented); "
-                             "set the model's time_grid: uniform or leave it unset")
-        return super().sampling_grid(steps, device, dtype)
+        """t = 1 - τ/(T - 1) over DDIM's "trailing" timesteps for `steps` steps, then t = 1 (ᾱ at
+        timestep 0, DDIM's last target when set_alpha_to_one is false, as in SD1.5), or uniform with
+        `time_grid: uniform`. With `ddim` steps this is StableDiffusionPipeline + DDIMScheduler
+        (trailing) whenever `steps` divides T; otherwise diffusers steps to τ - T // steps, off its grid."""
+        if self.options.time_grid == "uniform":
+            return super().sampling_grid(steps, device, dtype)
+        from diffusers import DDIMScheduler
+
+        sched = DDIMScheduler.from_config(self.pipe.scheduler.config, timestep_spacing="trailing")
+        sched.set_timesteps(steps)
+        tau = torch.cat([sched.timesteps.to(torch.float64), torch.zeros(1, dtype=torch.float64)])
+        dtype = torch.promote_types(dtype or torch.float32, torch.float32)
+        return (1 - tau / (self.interpolant.T - 1)).to(device=device, dtype=dtype)
 
     def encode(self, texts):
         dev = next(self.denoiser.parameters()).device
