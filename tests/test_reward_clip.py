@@ -68,3 +68,59 @@ def test_gradient_matches_finite_differences(clip_dir):
 def test_missing_weights_name_the_file(tmp_path):
     with pytest.raises(MissingWeights, match=r"config\.json not found in .*empty.*hf download"):
         load_reward("clipscore", tmp_path / "empty")
+
+
+def _torchmetrics_clipscore(clip_dir, images_u8, prompts):
+    """torchmetrics' CLIPScore, one image–prompt pair at a time (it averages over a batch). torchmetrics
+    1.9 expects transformers 4's `get_*_features`, which returned the projected features as a tensor;
+    transformers 5 returns them as `.pooler_output` of an output object, so the model is given that API."""
+    from torchmetrics.functional.multimodal import clip_score
+    from transformers import CLIPModel, CLIPProcessor
+
+    class CLIP4(CLIPModel):
+        def get_image_features(self, *args, **kwargs):
+            return super().get_image_features(*args, **kwargs).pooler_output
+
+        def get_text_features(self, *args, **kwargs):
+            return super().get_text_features(*args, **kwargs).pooler_output
+
+    def model():
+        return CLIP4.from_pretrained(clip_dir), CLIPProcessor.from_pretrained(clip_dir)
+
+    return torch.stack([clip_score(img, p, model_name_or_path=model).detach().float()
+                        for img, p in zip(images_u8, prompts)])
+
+
+@pytest.mark.parametrize("shape", [(40, 40), (48, 80), (96, 32)])
+def test_clipscore_equals_torchmetrics(clip_dir, shape):
+    """The evaluation path (8-bit images through the CLIP processor) equals torchmetrics' CLIPScore,
+    clamped at 0 as torchmetrics is, on square and non-square images and prompts within CLIP's context."""
+    reward = load_reward("clipscore", clip_dir)
+    prompts = ["a red fox", "a bowl of fruit", "snow"]  # at most 16 tokens with BOS and EOS
+    x = smooth_images(3, *shape, seed=3)
+    u8 = (x * 255).round().to(torch.uint8)
+    ours = reward.score_pil(to_pil(u8.float() / 255), prompts)
+    ref = _torchmetrics_clipscore(clip_dir, u8, prompts)
+    assert (ref > 0).sum() >= 1
+    torch.testing.assert_close(ours.clamp(min=0), ref, rtol=1e-5, atol=1e-4)
+
+
+def test_clipscore_truncates_long_prompts_keeping_the_end_token(clip_dir):
+    """A prompt longer than CLIP's context (16 tokens in the tiny model, 77 in ViT-L/14) is cut to its
+    first 14 (75) tokens followed by the end-of-text token, where CLIP pools: the prompt's own prefix
+    scores the same. This is OpenAI CLIP's `clip.tokenize(truncate=True)`, which the official AM code
+    scores with; torchmetrics instead cuts the ids without the end token, so CLIP pools elsewhere and
+    its score differs (measured on ViT-L/14: up to 4.4 points)."""
+    reward = load_reward("clipscore", clip_dir)
+    prefix = "a red fox in the ox"  # 14 character tokens
+    long = prefix + " jumps over the lazy dog"
+    assert len(reward.processor.tokenizer(prefix).input_ids) == 16 < len(reward.processor.tokenizer(long).input_ids)
+    x = smooth_images(1, 40, 40, seed=4)
+    u8 = (x * 255).round().to(torch.uint8)
+    pil = to_pil(u8.float() / 255)
+    ours_long, ours_prefix = reward.score_pil(pil, [long]), reward.score_pil(pil, [prefix])
+    torch.testing.assert_close(ours_long, ours_prefix)
+    ref_prefix = _torchmetrics_clipscore(clip_dir, u8, [prefix])
+    torch.testing.assert_close(ours_prefix.clamp(min=0), ref_prefix, rtol=1e-5, atol=1e-4)
+    text = reward.text_embeds([long, "zzzz zzzz zzzz zzzz zzzz"], "cpu")
+    assert (text[0] - text[1]).abs().max() > 1e-3  # two long prompts keep distinct embeddings

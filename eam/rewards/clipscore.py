@@ -1,7 +1,9 @@
 """CLIPScore, the variant used in every table of this project: 100 · cos(image, prompt) of OpenAI
-CLIP ViT-L/14 (`openai/clip-vit-large-patch14`), prompts truncated to CLIP's 77 tokens. Unlike
-torchmetrics' CLIPScore it is not clamped at zero, so that it stays differentiable; the two agree
-whenever cos > 0, as for any real image–prompt pair."""
+CLIP ViT-L/14 (`openai/clip-vit-large-patch14`). A prompt longer than CLIP's 77 tokens keeps its first
+75 and the end-of-text token, where CLIP pools, as OpenAI CLIP's `clip.tokenize(truncate=True)` does
+(the official AM code's metric); torchmetrics cuts the ids without the end token and differs on such
+prompts. Unlike torchmetrics it is not clamped at zero, so that it stays differentiable; otherwise the
+two agree (`tests/test_reward_clip.py`, torchmetrics as the reference)."""
 from __future__ import annotations
 
 from ..registry import register
