@@ -29,6 +29,10 @@ def test_score_equals_clip_forward(clip_dir, name):
 
     reward = load_reward(name, clip_dir)
     model, proc = CLIPModel.from_pretrained(clip_dir), CLIPProcessor.from_pretrained(clip_dir)
+    if name == "pickscore":  # PickScore scores through the PIL backend its authors used
+        from transformers import CLIPImageProcessorPil
+
+        proc.image_processor = CLIPImageProcessorPil.from_pretrained(clip_dir)
     pil = to_pil(smooth_images(3, 40, 40))
     inputs = proc(text=PROMPTS, images=pil, return_tensors="pt", padding="max_length", max_length=16, truncation=True)
     with torch.no_grad():
@@ -124,3 +128,26 @@ def test_clipscore_truncates_long_prompts_keeping_the_end_token(clip_dir):
     torch.testing.assert_close(ours_prefix.clamp(min=0), ref_prefix, rtol=1e-5, atol=1e-4)
     text = reward.text_embeds([long, "zzzz zzzz zzzz zzzz zzzz"], "cpu")
     assert (text[0] - text[1]).abs().max() > 1e-3  # two long prompts keep distinct embeddings
+
+
+@pytest.mark.parametrize("shape", [(40, 40), (48, 80), (97, 33)])
+def test_pickscore_equals_its_readme_code(clip_dir, shape):
+    """PickScore's README code (processor(images=..., return_tensors="pt"), get_image_features and
+    get_text_features, logit_scale · cosine) with the processor it ran with, transformers 4's PIL-based
+    CLIPImageProcessor (`CLIPImageProcessorPil` in transformers 5), equals the evaluation path."""
+    from transformers import CLIPImageProcessorPil, CLIPModel, CLIPProcessor
+
+    reward = load_reward("pickscore", clip_dir)
+    model = CLIPModel.from_pretrained(clip_dir)
+    processor = CLIPProcessor.from_pretrained(clip_dir)
+    processor.image_processor = CLIPImageProcessorPil.from_pretrained(clip_dir)
+    prompts = ["a red fox", "a bowl of fruit"]
+    pil = to_pil(smooth_images(2, *shape, seed=8))
+    with torch.no_grad():
+        image_inputs = processor(images=pil, padding=True, truncation=True, max_length=16, return_tensors="pt")
+        text_inputs = processor(text=prompts, padding=True, truncation=True, max_length=16, return_tensors="pt")
+        img = model.get_image_features(**image_inputs).pooler_output
+        txt = model.get_text_features(**text_inputs).pooler_output
+        img, txt = img / img.norm(dim=-1, keepdim=True), txt / txt.norm(dim=-1, keepdim=True)
+        readme = model.logit_scale.exp() * (img * txt).sum(-1)
+    torch.testing.assert_close(reward.score_pil(pil, prompts), readme, rtol=1e-5, atol=1e-5)

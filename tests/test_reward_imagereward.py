@@ -282,6 +282,26 @@ def test_torch_path_matches_pil_path(ir_dir, shape):
     assert (other - ours).abs().max() > 10 * 0.02
 
 
+@pytest.mark.parametrize("shape", [(64, 64), (48, 80), (32, 35), (39, 32), (49, 98), (96, 72)])
+def test_torch_path_is_refls_tensor_transform(ir_dir, shape):
+    """The differentiable path equals the authors' ReFL transform, torchvision's Resize(bicubic),
+    CenterCrop and Normalize applied to tensors, in value and in gradient (to float rounding), on
+    square and non-square images: odd crop margins (32x35, 39x32: torchvision rounds the offset half
+    to even) and a long side that the scale-first product truncates a pixel short (49x98 → 63, not 64)."""
+    from torchvision.transforms import CenterCrop, Compose, InterpolationMode, Normalize, Resize
+
+    reward = load_reward("imagereward", ir_dir).double()
+    refl = Compose([Resize(32, interpolation=InterpolationMode.BICUBIC, antialias=True), CenterCrop(32),
+                    Normalize((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))])
+    x = smooth_images(2, *shape, seed=6).double().requires_grad_(True)
+    ours = reward(x, PromptBatch(PROMPTS[:2]))
+    theirs = reward.score_pixels(refl(x), PROMPTS[:2])
+    torch.testing.assert_close(ours, theirs, rtol=1e-9, atol=1e-9)
+    g_ours, g_theirs = (torch.autograd.grad(v.sum(), x, retain_graph=True)[0] for v in (ours, theirs))
+    assert g_theirs.abs().max() > 0
+    torch.testing.assert_close(g_ours, g_theirs, rtol=1e-7, atol=1e-10)
+
+
 def test_gradient_matches_finite_differences(ir_dir):
     reward = load_reward("imagereward", ir_dir).double()
     x = smooth_images(2, 40, 40, seed=2).double()

@@ -45,11 +45,11 @@ class HFCLIPReward(TextImageReward):
     def features(self, images: torch.Tensor) -> torch.Tensor:
         """Unit CLIP image embeddings (for the distance to the base and the diversity fallback)."""
         dtype = self.model.visual_projection.weight.dtype
-        return self.image_embeds(clip_preprocess(images.to(dtype), self.size, self.mean, self.std, resize=self.resize)).float()
+        return self.image_embeds(clip_preprocess(images.to(dtype), self.size, self.mean, self.std, resize=self.resize, crop="floor")).float()
 
     def forward(self, images, cond=None):
         dtype = self.model.visual_projection.weight.dtype
-        pixels = clip_preprocess(images.to(dtype), self.size, self.mean, self.std, resize=self.resize)
+        pixels = clip_preprocess(images.to(dtype), self.size, self.mean, self.std, resize=self.resize, crop="floor")
         cos = (self.image_embeds(pixels) * self.text_embeds(self.texts(cond), images.device)).sum(-1)
         return self.scale(cos).to(images.dtype)
 

@@ -45,15 +45,24 @@ class OnDecoded(Reward):
         return self.reward(self.decode(x), cond)
 
 
-def clip_preprocess(images: torch.Tensor, size: int, mean=CLIP_MEAN, std=CLIP_STD, resize: int | None = None):
-    """Resize the shorter side to `resize` (default `size`; bicubic, antialiased), centre-crop
-    size×size, normalise: the torch equivalent of CLIP's PIL transform, differentiable in the pixels."""
+def clip_preprocess(images: torch.Tensor, size: int, mean=CLIP_MEAN, std=CLIP_STD, resize: int | None = None,
+                    crop: str = "torchvision"):
+    """Resize the shorter side to `resize` (default `size`; bicubic, antialiased; the longer side
+    int(resize · long / short), as torchvision and transformers compute it), centre-crop size×size,
+    normalise: CLIP's transform in torch, differentiable in the pixels. The crop's offset is
+    round((h - size) / 2) as torchvision's CenterCrop (`crop="torchvision"`: OpenAI CLIP, ImageReward's
+    ReFL) or (h - size) // 2 as transformers' image processors (`crop="floor"`)."""
     H, W = images.shape[-2:]
     resize = resize or size
-    scale = resize / min(H, W)
-    h, w = max(resize, int(H * scale)), max(resize, int(W * scale))  # truncated, as torchvision and CLIP processors do
+    short = min(H, W)
+    h, w = (resize, int(resize * W / short)) if H <= W else (int(resize * H / short), resize)
     x = F.interpolate(images, size=(h, w), mode="bicubic", align_corners=False, antialias=True)
-    top, left = (h - size) // 2, (w - size) // 2
+    if crop == "torchvision":
+        top, left = int(round((h - size) / 2.0)), int(round((w - size) / 2.0))
+    elif crop == "floor":
+        top, left = (h - size) // 2, (w - size) // 2
+    else:
+        raise ValueError(f"unknown crop {crop!r}; expected torchvision or floor")
     x = x[..., top:top + size, left:left + size]
     m = torch.tensor(mean, dtype=x.dtype, device=x.device)[:, None, None]
     s = torch.tensor(std, dtype=x.dtype, device=x.device)[:, None, None]

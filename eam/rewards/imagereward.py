@@ -27,10 +27,10 @@ models/BLIP/blip.py `init_tokenizer`, `create_vit`; blip_pretrain.py; vit.py; me
 * Reward = (head(features) − 0.16717362830052426) / 1.0333394966054072.
 * `score_pil`: the authors' transform on PIL images, Resize(224, bicubic) of the shorter side,
   CenterCrop(224), RGB, ToTensor, Normalize(CLIP mean, CLIP std). `forward` does the same in torch
-  (`clip_preprocess`: antialiased bicubic), differentiable in the pixels; it differs from
-  `score_pil` by the 8-bit rounding of PIL images and the two bicubic kernels (tests: < 0.02 in
-  reward), and on non-square images whose resized long side has a fraction >= 0.5, where
-  `clip_preprocess` rounds it and torchvision truncates it (a one-pixel change of scale).
+  (`clip_preprocess`: antialiased bicubic), differentiable in the pixels, and equal, value and
+  gradient, to the authors' ReFL tensor transform (torchvision Resize, CenterCrop, Normalize on
+  tensors; tests, square and non-square images); it differs from `score_pil` by the 8-bit rounding
+  of PIL images and PIL's bicubic kernel (tests: < 0.02 in reward).
 
 Differences that do not change the numbers: padding is masked with −10000 by the authors and with
 the dtype's minimum by transformers (both give exp(·) = 0 in float32); dropouts are set to zero

@@ -1,5 +1,6 @@
 """PickScore (Kirstain et al. 2023): the CLIP-H model `yuvalkirstain/PickScore_v1` with the processor
-of `laion/CLIP-ViT-H-14-laion2B-s32B-b79K`; score = logit_scale · cos(image, prompt) (≈ 100 · cos)."""
+of `laion/CLIP-ViT-H-14-laion2B-s32B-b79K`; score = logit_scale · cos(image, prompt) (≈ 100 · cos).
+Images are scored as the authors' README code did, through the processor's PIL backend."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -30,4 +31,10 @@ class PickScore(HFCLIPReward):
                                 f"download it with `hf download {PROCESSOR_REPO} preprocessor_config.json "
                                 f"tokenizer.json tokenizer_config.json vocab.json merges.txt special_tokens_map.json` "
                                 f"or put the processor files in {Path(model_dir, 'processor')}")
-        return cls(*cls.load_parts(model_dir, proc))
+        from transformers import CLIPImageProcessorPil
+
+        model, processor = cls.load_parts(model_dir, proc)
+        # The authors' README code ran transformers 4's CLIPImageProcessor, which resized PIL images
+        # with PIL; transformers 5's resizes tensors with torchvision (up to 0.009 apart in PickScore).
+        processor.image_processor = CLIPImageProcessorPil.from_pretrained(proc, local_files_only=True)
+        return cls(model, processor)
