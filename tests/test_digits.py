@@ -263,6 +263,7 @@ def test_two_process_data_parallel_equals_one_process(tiny, tmp_path, method):
         torch.testing.assert_close(vb, va, rtol=1e-5, atol=1e-6, msg=k)
 
 
+@pytest.mark.slow
 def test_bench_counts_floor_and_knobs(tiny, tmp_path):
     """`eam bench` on the tiny digits model: finite times, and NFEs per iteration equal to the method
     doc's cost model for the settings (AM: N forwards + N base VJPs + 1 reward VJP + |K| train rows;
