@@ -152,3 +152,24 @@ def test_slurm_profile_without_slurm_fails_at_start_with_one_line(tmp_path):
     lines = [ln for ln in out.splitlines() if "SLURM's commands" in ln]
     assert len(lines) == 1 and "snakemake --cores N all" in lines[0], out[-2000:]
     assert "Submitted" not in out and "sacct" not in out.replace("(sbatch, squeue)", "")
+
+
+def test_gpu_check_is_prepared(tmp_path):
+    """scripts/gpu_check.sh's DAG (config/gpu_check.yaml) dry-runs: the digits rules on CUDA settings and
+    `eam bench` at the SD3-medium and SD1.5 architectures; without a GPU the script stops at once with one
+    line saying so."""
+    p = subprocess.run([sys.executable, "-m", "snakemake", "-n", "all", "--configfile", "config/gpu_check.yaml",
+                        "--cores", "16"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    jobs = dict(re.findall(r"^(\w+)\s+(\d+)$", p.stdout, re.M))
+    assert jobs["bench"] == "2" and jobs["bench_weights"] == "4" and jobs["digits_finetune"] == "4", jobs
+    settings = yaml.safe_load((ROOT / "config/gpu_check/finetune.yaml").read_text())
+    assert settings["device"] == "cuda"
+    for script in ("gpu_check.sh", "gpu_wheels.sh"):
+        assert subprocess.run(["bash", "-n", str(ROOT / "scripts" / script)]).returncode == 0
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+           "CUDA_VISIBLE_DEVICES": ""}
+    r = subprocess.run(["bash", str(ROOT / "scripts/gpu_check.sh"), str(tmp_path / "out")], capture_output=True,
+                       text=True, timeout=300, env=env)
+    assert r.returncode != 0 and r.stderr.strip().splitlines()[-1] == (
+        "gpu_check: no CUDA device visible to torch; run this on a GPU machine"), r.stderr[-2000:]
