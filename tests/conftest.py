@@ -30,8 +30,9 @@ def gen():
 
 
 def pytest_collection_modifyitems(config, items):
-    """Minutes-long (`slow`) tests first: pytest-xdist hands tests out in this order, so the long ones
-    spread over the workers instead of one of them ending the run alone (CI's wall-clock)."""
+    """Minute-long (`slow`) tests first. With `--dist worksteal` (the README's test command) a worker that
+    runs out of tests takes half of another's queue, so the long ones spread over the workers instead of
+    one of them ending the run alone (CI's wall-clock)."""
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
