@@ -39,7 +39,7 @@ def test_bridge_formula_is_exact_for_a_standard_normal_base():
 
 # AM's fixed point carries the O(h) bias of its Euler–Maruyama discretisation: measured mean 0.466 with
 # N = 40 steps and 0.484 with N = 100 (gap 0.031 → 0.013, first order); N = 100 here.
-@pytest.mark.slow
+@pytest.mark.slow(minutes=4)
 @pytest.mark.parametrize("method,kw,iters", [
     ("am", {"n_steps": 100, "n_last": 25, "n_random": 25}, 600),
     ("eam", {"base_score": "exact"}, 500),

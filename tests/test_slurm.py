@@ -11,7 +11,7 @@ SCRIPT = Path(__file__).resolve().parent / "slurm" / "run.sh"
 ENABLED = (os.environ.get("CI") == "true" or os.environ.get("EAM_SLURM_TEST") == "1") and os.geteuid() == 0
 
 
-@pytest.mark.slow
+@pytest.mark.slow(minutes=6)
 @pytest.mark.skipif(not ENABLED, reason="changes the machine's SLURM setup: set EAM_SLURM_TEST=1 (root) to run it")
 def test_dag_runs_as_slurm_jobs(record_property):
     p = subprocess.run(["bash", str(SCRIPT)], capture_output=True, text=True, timeout=2400)

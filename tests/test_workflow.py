@@ -36,7 +36,7 @@ def test_dry_run_of_all_on_the_default_config(tmp_path):
         assert rule in p.stdout, rule
 
 
-@pytest.mark.slow
+@pytest.mark.slow(minutes=3)
 def test_tiny_real_run_then_noop_and_resume(tmp_path):
     wd = _workdir(tmp_path)
     shutil.copytree(ROOT / "tests" / "data", wd / "tests" / "data")

@@ -57,7 +57,7 @@ def test_paper_config_dry_runs_all(tmp_path, name):
     assert re.search(rf"^t2i_finetune\s+{n_runs}$", p.stdout, re.M), p.stdout[-2000:]
 
 
-@pytest.mark.slow
+@pytest.mark.slow(minutes=2.5)
 def test_tiny_sd3_run_completes(tmp_path):
     cfg = _tiny_config(tmp_path, "sd3", rewards=["pickscore"], metrics=["pickscore", "clipscore"], lambdas=[10],
                        seeds=[0], eval={"per_prompt": 2, "steps": 2}, guidance_scale=2.0, truth={"pool_per_prompt": 8})
