@@ -152,11 +152,11 @@ def knob_methods(overrides: dict) -> tuple[str, ...]:
     return ("am",) if sections == {"am"} else ("eam",) if sections == {"eam"} else ("am", "eam")
 
 
-def _iteration(method, cfg, model, base, reward, x0, cond, ref, opt):
+def _iteration(method, cfg, model, base, reward, x0, cond, ref, opt, correction=None):
     if method == "am":
         o = am_loss(model, base, reward, cfg.lam, x0, cfg.am, cond)
     else:
-        o = eam_loss(model, base, reward, cfg.lam, x0, ref, cfg.eam, cond)
+        o = eam_loss(model, base, reward, cfg.lam, x0, ref, cfg.eam, cond, correction=correction)
     opt.zero_grad(set_to_none=True)
     o.backward()
     opt.step()
@@ -169,8 +169,10 @@ def measure(settings: dict, method: str, names: tuple, prompts, warmup: int, rep
     more with per-phase wall-clock, and with `profile_dir` one under torch.profiler (top operators)."""
     dev = torch.device(device)
     cfg = FinetuneConfig.from_dict(settings)
+    if cfg.eam.base_score == "corrected" and not cfg.eam.correction:
+        cfg.eam.correction = names[1]  # the base as correction network: its cost does not depend on its weights
     torch.manual_seed(cfg.seed)
-    base, model, reward = _build(*names, cfg, dev)
+    base, model, reward, correction = _build(*names, cfg, dev)
     records = load_prompt_set(prompts)
     cond = PromptBatch.from_records([records[i % len(records)] for i in range(cfg.batch)]).to(dev)
     x0 = torch.randn(cfg.batch, *model.sample_shape, generator=torch.Generator().manual_seed(cfg.seed)).to(dev)
@@ -183,18 +185,18 @@ def measure(settings: dict, method: str, names: tuple, prompts, warmup: int, rep
         for i in range(warmup + repeats):
             _sync(dev)
             t0 = time.perf_counter()
-            o = _iteration(method, cfg, model, base, reward, x0, cond, ref, opt)
+            o = _iteration(method, cfg, model, base, reward, x0, cond, ref, opt, correction)
             _sync(dev)
             if i >= warmup:
                 times.append(time.perf_counter() - t0)
     if not torch.isfinite(o.loss):
         raise FloatingPointError(f"non-finite {method} loss in the benchmark; check the model and reward")
     with recording(dev) as seconds:
-        _iteration(method, cfg, model, base, reward, x0, cond, ref, opt)
+        _iteration(method, cfg, model, base, reward, x0, cond, ref, opt, correction)
     phases = dict(seconds)
     phases["train"] = phases.pop("train_fwd", 0.0) + phases.pop("train_bwd", 0.0)
     if profile_dir is not None:
-        _profile(method, cfg, model, base, reward, x0, cond, ref, opt, dev, Path(profile_dir))
+        _profile(method, cfg, model, base, reward, x0, cond, ref, opt, dev, Path(profile_dir), correction)
     if units:  # after the timed block, so that its memory figure starts as clean as the other method's
         res["unit_cost_s_per_nfe"] = unit_costs(model, base, reward, x0, cond, dev)
     res.update({"wall_clock_s": {"median": statistics.median(times), "min": min(times), "max": max(times)},
@@ -203,13 +205,13 @@ def measure(settings: dict, method: str, names: tuple, prompts, warmup: int, rep
     return res
 
 
-def _profile(method, cfg, model, base, reward, x0, cond, ref, opt, dev, out: Path):
+def _profile(method, cfg, model, base, reward, x0, cond, ref, opt, dev, out: Path, correction=None):
     """One iteration under torch.profiler; the top operators by self time to profile_{method}.txt."""
     from torch.profiler import ProfilerActivity, profile
 
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
     with profile(activities=acts) as prof:
-        _iteration(method, cfg, model, base, reward, x0, cond, ref, opt)
+        _iteration(method, cfg, model, base, reward, x0, cond, ref, opt, correction)
         _sync(dev)
     sort = "self_device_time_total" if dev.type == "cuda" else "self_cpu_time_total"
     write_text(out / f"profile_{method}.txt", prof.key_averages().table(sort_by=sort, row_limit=25) + "\n")

@@ -49,11 +49,27 @@ def _set_field(cfg, spec: str):
     if obj is None or not hasattr(obj, "__dataclass_fields__") or last not in obj.__dataclass_fields__:
         raise ValueError(f"unknown setting {key!r} in --set")
     current = getattr(obj, last)
-    kind = type(current) if current is not None and not isinstance(current, bool) else float
+    if current is None or isinstance(current, bool):  # no type to go by: read the value as YAML
+        setattr(obj, last, _yaml_value(raw))
+        return
+    kind = type(current)
     try:
         setattr(obj, last, kind(raw))
     except ValueError:
         raise ValueError(f"--set {key}: {raw!r} is not a {kind.__name__}") from None
+
+
+def _yaml_value(raw: str):
+    """A --set value read as YAML, with 1e-4 (which PyYAML reads as a string) a number."""
+    import yaml
+
+    value = yaml.safe_load(raw)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    return value
 
 
 def _gmm_report(args):
@@ -112,6 +128,20 @@ def _load_yaml(path):
         raise ValueError(f"{path} is not valid YAML: {str(e).splitlines()[0]}") from None
 
 
+def _set_key(settings: dict, spec: str):
+    """Apply KEY=VALUE (VALUE read as YAML) to a settings mapping, e.g. `eam.sampler=base` or `lr=1e-4`."""
+    key, sep, raw = spec.partition("=")
+    if not sep or not key:
+        raise ValueError(f"--set takes KEY=VALUE, got {spec!r}")
+    *path, last = key.split(".")
+    node = settings
+    for name in path:
+        node = node.setdefault(name, {})
+        if not isinstance(node, dict):
+            raise ValueError(f"--set {key}: {name} is not a section")
+    node[last] = _yaml_value(raw)
+
+
 def _finetune(args):
     from .finetune import FinetuneConfig, Preempted, finetune
 
@@ -124,6 +154,8 @@ def _finetune(args):
         raise ValueError(f"--method {args.method}: only eam takes a variant (eam-residual, eam-endpoint, ...)")
     if variant:
         settings["eam"] = {**(settings.get("eam") or {}), "base_score": variant}
+    for spec in args.set or []:
+        _set_key(settings, spec)
     if args.iters:
         settings.update(iters=args.iters, budget_nfe=None)  # an explicit --iters replaces an NFE budget
     if args.guidance_scale is not None:
@@ -230,7 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
     g = sub.add_parser("gmm", help="fine-tune on a Gaussian-mixture case with an exact tilted target")
     g.add_argument("--case", required=True, help="case YAML (dim, components, reward, lambda)")
     g.add_argument("--method", required=True, choices=["am", "eam"])
-    g.add_argument("--base-score", default="endpoint", choices=["endpoint", "residual", "exact", "bridge"],
+    g.add_argument("--base-score", default="endpoint", choices=["endpoint", "residual", "corrected", "exact", "bridge"],
                    help="EAM's base-score term (docs/method.md §5; default endpoint: residual stalls on the mixtures, §5.4)")
     g.add_argument("--delta", type=float, default=None, help="residual, endpoint: scores at t' = 1 - δ (default 0.05)")
     g.add_argument("--iters", type=int, default=None, help="training iterations (default: the method's)")
@@ -283,6 +315,8 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("--guidance-scale", type=float, default=None, help="CFG scale of base and model")
     ft.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: the settings' device, auto)")
     ft.add_argument("--settings", help="YAML of FinetuneConfig settings (lr, batch, model:, am:, eam:, ...)")
+    ft.add_argument("--set", action="append", metavar="KEY=VALUE",
+                    help="override one setting after --settings, dotted for sections (e.g. eam.sampler=base); repeatable")
     ft.add_argument("--prompts", required=True, help="prepared training prompts (train.jsonl)")
     ft.add_argument("--eval-prompts", required=True, help="prepared evaluation prompts (eval.jsonl)")
     ft.add_argument("--out", required=True, help="output folder; resumes from OUT.work/ when present")

@@ -126,7 +126,14 @@ def _build(model_name, model_path, reward_name, reward_path, cfg: "FinetuneConfi
     reward = load_reward(reward_name, reward_path)
     if hasattr(model, "decode"):
         reward = OnDecoded(reward, model.decode)
-    return base.to(device), model.to(device), reward.to(device)
+    correction = None
+    if cfg.method == "eam" and cfg.eam.base_score == "corrected":
+        if not cfg.eam.correction:
+            raise ValueError("eam.base_score corrected needs eam.correction: the folder of a λ = 0 run with "
+                             "eam.base_score endpoint and eam.sampler base (docs/method.md §5.5)")
+        correction = lookup("model", model_name).load(cfg.eam.correction, guidance_scale=cfg.guidance_scale, **cfg.model)
+        correction = correction.requires_grad_(False).eval().to(device)
+    return base.to(device), model.to(device), reward.to(device), correction
 
 
 def resolve_device(name: str) -> torch.device:
@@ -230,7 +237,7 @@ def _finetune(cfg, model_name, model_path, reward_name, reward_path, train_promp
     work.mkdir(parents=True, exist_ok=True)
     train, evals = load_prompt_set(train_prompts), load_prompt_set(eval_prompts)
     device = group.device(cfg.device)
-    base, model, reward = _build(model_name, model_path, reward_name, reward_path, cfg, device)
+    base, model, reward, correction = _build(model_name, model_path, reward_name, reward_path, cfg, device)
     cfg = cfg.with_budget(model.cost)
     shape = tuple(model.sample_shape)
     ref = LinearReference(model.interpolant)
@@ -295,7 +302,7 @@ def _finetune(cfg, model_name, model_path, reward_name, reward_path, train_promp
             if cfg.method == "am":
                 o = am_loss(model, base, reward, cfg.lam, xs, cfg.am, cond, clipper=clipper, generator=g)
             else:
-                o = eam_loss(model, base, reward, cfg.lam, xs, ref, cfg.eam, cond, generator=g)
+                o = eam_loss(model, base, reward, cfg.lam, xs, ref, cfg.eam, cond, generator=g, correction=correction)
             o.backward(1 / cfg.shards)
             loss_sum += torch.tensor([o.loss.item(), float(not torch.isfinite(o.loss))], dtype=torch.float64)
             reward_sum += o.reward.double().sum().cpu()

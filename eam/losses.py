@@ -213,7 +213,7 @@ def am_loss(model: VelocityModel, base: VelocityModel, reward: Reward, lam: floa
 # ---------------------------------------------------------------------------------------------
 # Efficient Adjoint Matching
 # ---------------------------------------------------------------------------------------------
-BASE_SCORES = ("residual", "endpoint", "exact", "bridge")
+BASE_SCORES = ("residual", "corrected", "endpoint", "exact", "bridge")
 
 
 @dataclass
@@ -221,8 +221,11 @@ class EAMConfig:
     ode_steps: int = 8              # K steps of the few-step sampler for x_1
     ode_method: str = "heun"        # "euler" | "heun" (Heun: 2 NFEs per step) | "ddim" (SD1.5's pipeline step)
     n_times: int = 8                # M loss timesteps per x_1
-    base_score: str = "residual"    # "residual" | "endpoint" | "exact" | "bridge" (§5)
-    delta: float = 0.05             # residual, endpoint: evaluate the scores at t' = 1 - δ
+    base_score: str = "residual"    # "residual" | "corrected" | "endpoint" | "exact" | "bridge" (§5)
+    delta: float = 0.05             # residual, corrected, endpoint: evaluate the scores at t' = 1 - δ
+    sampler: str = "model"          # the network whose ODE draws x_1: "model", or "base" (frozen: fits the
+                                    # correction network of `corrected`, §5.5)
+    correction: str | None = None   # corrected: the folder of its correction network (a fine-tuned output)
     weighting: str = "u"            # "u": weight 4/σ² (u-space), "v": plain v-space regression
     t_min: float = 0.02             # loss times are stratified over [t_min, t_max]
     t_max: float = 0.98
@@ -234,6 +237,8 @@ class EAMConfig:
     def __post_init__(self):
         if self.base_score not in BASE_SCORES:
             raise ValueError(f"unknown base_score {self.base_score!r}; expected one of {BASE_SCORES}")
+        if self.sampler not in ("model", "base"):
+            raise ValueError(f"unknown EAM sampler {self.sampler!r}; expected model or base")
         if self.ode_method not in ("euler", "heun", "ddim"):
             raise ValueError(f"unknown EAM ode_method {self.ode_method!r}; expected euler, heun or ddim")
         if self.weighting not in ("u", "v"):
@@ -253,7 +258,8 @@ class EAMConfig:
     def nfe_per_sample(self, cost: int = 1) -> int:
         """Function evaluations per sample (x_1) and iteration, as `eam_loss` counts them."""
         sampling = self.ode_steps * (2 if self.ode_method == "heun" else 1)
-        base = {"residual": 2, "endpoint": 1, "exact": 0, "bridge": self.n_times}[self.base_score]
+        base = {"residual": 2, "corrected": 1 + 2 * self.n_times, "endpoint": 1, "exact": 0,
+                "bridge": self.n_times}[self.base_score]
         return (sampling + base + self.n_times) * cost + 1  # + M training passes, 1 reward VJP
 
 
@@ -275,20 +281,26 @@ def eam_times(cfg: EAMConfig, n: int, generator=None, device=None, dtype=None) -
 
 def eam_loss(model: VelocityModel, base: VelocityModel, reward: Reward, lam: float, x0: torch.Tensor,
              ref: LinearReference, cfg: EAMConfig, cond=None, exact_score=None,
-             generator: torch.Generator | None = None) -> LossOutput:
+             generator: torch.Generator | None = None, correction: VelocityModel | None = None) -> LossOutput:
     """L_EAM = mean ‖(2/σ_t)(v_θ(x_t, t) - v_lin(x_t, t)) + σ_t Φ(t) ∇g(x_1)‖², x_t = α x_1 + β ε.
 
     `residual` (the default, docs/method.md §5.4) regresses instead on sg(v_θ(x_t, t)) - (σ²/2)Φ(t) ∇log(p̂_θ/p̂*)(x_1),
     both scores at the same near-clean time: at λ = 0 the pretrained model is its exact fixed point whatever
     sampler drew x_1 (but networks inconsistent with their own flow are fixed points too; `consistency` mixes
-    the endpoint target back in)."""
+    the endpoint target back in). `corrected` (§5.5) adds to the endpoint target the base's own inconsistency
+    sg(v_base - u_ψ)(x_t, t), u_ψ = `correction`: the λ = 0 endpoint fit with the sampler frozen at the base."""
     cfg.__post_init__()  # fields may have been set after construction
     B, M = x0.shape[0], cfg.n_times
     interp = model.interpolant
     out = LossOutput(None, None)
-    with phase("sample"):
-        x1 = ode_sample(model, x0, cfg.ode_steps, cfg.ode_method, cond)
-    out.nfe["model_fwd"] += cfg.ode_steps * B * (2 if cfg.ode_method == "heun" else 1) * model.cost
+    if cfg.base_score == "corrected" and correction is None:
+        raise ValueError("base_score 'corrected' needs its correction network (eam.correction: a λ = 0 endpoint "
+                         "run with eam.sampler: base, docs/method.md §5.5)")
+    sampler = model if cfg.sampler == "model" else base
+    with phase("sample"), torch.no_grad():
+        x1 = ode_sample(sampler, x0, cfg.ode_steps, cfg.ode_method, cond)
+    out.nfe["model_fwd" if cfg.sampler == "model" else "base_fwd"] += \
+        cfg.ode_steps * B * (2 if cfg.ode_method == "heun" else 1) * sampler.cost
     with phase("reward_vjp"):
         r, grad_r = reward_grad(reward, x1, cond)
     out.nfe["reward_vjp"] += B
@@ -304,7 +316,7 @@ def eam_loss(model: VelocityModel, base: VelocityModel, reward: Reward, lam: flo
                 grad_g_endpoint = ref.score_data(x1) - s_base - lam * grad_r
         out.nfe["model_fwd"] += B * model.cost
         out.nfe["base_fwd"] += B * base.cost
-    elif cfg.base_score == "endpoint":
+    elif cfg.base_score in ("endpoint", "corrected"):
         with torch.no_grad(), phase("base_fwd"):
             grad_g = ref.score_data(x1) - base_score_endpoint(base, x1, cfg.delta, cond) - lam * grad_r
         out.nfe["base_fwd"] += B * base.cost
@@ -329,6 +341,10 @@ def eam_loss(model: VelocityModel, base: VelocityModel, reward: Reward, lam: flo
         out.nfe["base_fwd"] += B * M * base.cost
     elif cfg.base_score in ("endpoint", "exact"):
         target = ref.velocity(xt, t) - shift
+    elif cfg.base_score == "corrected":  # (5.5b): the endpoint target plus the base's inconsistency
+        with torch.no_grad(), phase("base_fwd"):
+            target = ref.velocity(xt, t) - shift + base(xt, t, condm) - correction(xt, t, condm)
+        out.nfe["base_fwd"] += 2 * B * M * base.cost
     else:  # residual: sg(v_θ(x_t, t)) - shift, formed in `part` from the training forward itself
         target = -shift
         if cfg.consistency:

@@ -174,6 +174,28 @@ def test_sigterm_checkpoints_stops_and_resumes(tiny, tmp_path):
     assert rows == list(range(61))
 
 
+def test_corrected_fits_its_correction_on_base_samples_then_uses_it(tiny, tmp_path):
+    """`corrected` end to end through the CLI (docs/method.md §5.5): the correction fit draws x_1 from the frozen
+    base (no model forwards in its ledger), and the corrected run spends 1 + 2M base-sized forwards per x_1 on
+    top of the sampler (one at x_1, v_base and u_ψ at each of the M loss rows); without the correction's folder
+    it stops in one line."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    fit, run = tmp_path / "correction", tmp_path / "run"
+    cmd = _finetune_cmd(tiny, fit, 3)
+    cmd[cmd.index("--method") + 1:cmd.index("--method") + 4] = ["eam-endpoint", "--lam", "0"]
+    subprocess.run([*cmd, "--set", "eam.sampler=base"], check=True, env=env, capture_output=True)
+    last = json.loads((fit / "metrics.jsonl").read_text().splitlines()[-1])
+    B, K, M = 4, 2, 2  # _finetune_cmd's batch, ode_steps, n_times
+    assert last["nfe_model_fwd"] == 0 and last["nfe_base_fwd"] == 3 * B * (K + 1)
+    cmd = [*_finetune_cmd(tiny, run, 3), "--set", "eam.base_score=corrected"]
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    assert r.returncode != 0 and "error: eam.base_score corrected needs eam.correction" in r.stderr.strip().splitlines()[-1]
+    subprocess.run([*cmd, "--set", f"eam.correction={fit}"], check=True, env=env, capture_output=True)
+    last = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+    assert last["nfe_model_fwd"] == 3 * B * K and last["nfe_base_fwd"] == 3 * B * (1 + 2 * M)
+    assert last["nfe_model_train"] == 3 * B * M
+
+
 def test_bad_settings_are_rejected_in_one_line():
     with pytest.raises(ValueError, match="unknown fine-tuning setting 'learning_rate'"):
         FinetuneConfig.from_dict({"learning_rate": 1})

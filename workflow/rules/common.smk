@@ -13,6 +13,33 @@ def check_files(paths, what):
             raise WorkflowError(f"{what} {p} not found; add it or remove it from config/config.yaml")
 
 
+def _settings(path):
+    import yaml
+
+    with open(path) as f:
+        return yaml.safe_load(f) or {}
+
+
+def settings_eam(path):
+    """The EAM settings (eam.losses.EAMConfig) a fine-tuning settings file gives, defaults filled in."""
+    from eam.losses import EAMConfig
+
+    return EAMConfig(**(_settings(path).get("eam") or {}))
+
+
+CORRECTION_FIT = 3  # `corrected`: its correction network is fitted 3x as long as a run (docs/method.md §5.5)
+
+
+def correction_fit_args(path):
+    """The correction fit's length: CORRECTION_FIT times the settings' NFE budget (or iterations)."""
+    from eam.finetune import FinetuneConfig
+
+    cfg = FinetuneConfig.from_dict({k: v for k, v in _settings(path).items()})
+    if cfg.budget_nfe is not None:
+        return f"--set budget_nfe={CORRECTION_FIT * int(cfg.budget_nfe)}"
+    return f"--iters {CORRECTION_FIT * cfg.iters}"
+
+
 onstart:
     # the slurm executor otherwise fails on its first submission with "No such file or directory: 'sacct'"
     plugin = workflow.executor_plugin

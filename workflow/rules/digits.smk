@@ -12,6 +12,14 @@ RUN = "{method}/{reward}/lam{lam}/seed{seed}"
 RUNS = expand(RUN, method=DIG["methods"], reward=DIG["rewards"], lam=DIG["lambdas"], seed=DIG["seeds"]) + \
     expand(RUN, method=DIG.get("ablations") or [], reward=DIG["rewards"], lam=DIG["lambdas"], seed=DIG["seeds"][:1])
 MODEL_FILES = ["config.json", "model.safetensors"]
+CORRECTION = f"{DRES}/models/correction"  # `corrected`'s correction network: one per base, shared by every run
+
+
+def needs_correction(method):
+    """Whether an EAM run (eam: the settings file's variant; eam-VARIANT) uses the correction network."""
+    if not method.startswith("eam"):
+        return False
+    return (method.partition("-")[2] or settings_eam(DIG["settings"]).base_score) == "corrected"
 
 
 def reward_dir(name):
@@ -79,9 +87,34 @@ rule digits_base:
         "--check-with {DRES}/models/digit_classifier --min-accuracy {params.min_accuracy} --out {DRES}/models/base --quiet > {log} 2>&1"
 
 
+rule digits_correction:
+    input:
+        base=rules.digits_base.output,
+        reward=expand(f"{DRES}/models/digit_classifier/{{f}}", f=MODEL_FILES),
+        prompts=rules.digits_prompts.output,
+        settings=DIG["settings"],
+    output:
+        expand(f"{CORRECTION}/{{f}}", f=[*MODEL_FILES, "metrics.jsonl", "summary.json"]),
+    params:
+        guidance=DIG["guidance_scale"],
+        fit=correction_fit_args(DIG["settings"]),
+    log:
+        f"{RESULTS}/logs/digits/correction.log",
+    priority: 5
+    threads: 1
+    resources:
+        runtime=60,
+    shell:  # docs/method.md §5.5: the λ = 0 endpoint fit with x_1 from the frozen base (the reward is unused)
+        "OMP_NUM_THREADS={threads} eam finetune --model digits_flow --model-path {DRES}/models/base "
+        "--reward digit_classifier --reward-path {DRES}/models/digit_classifier --method eam-endpoint --lam 0 "
+        "--set eam.sampler=base {params.fit} --settings {input.settings} --prompts {input.prompts[0]} "
+        "--eval-prompts {input.prompts[1]} --guidance-scale {params.guidance} --out {CORRECTION} --quiet > {log} 2>&1"
+
+
 rule digits_finetune:
     input:
         base=rules.digits_base.output,
+        correction=lambda w: expand(f"{CORRECTION}/{{f}}", f=MODEL_FILES) if needs_correction(w.method) else [],
         reward=lambda w: expand(f"{DRES}/models/{w.reward}/{{f}}", f=MODEL_FILES) if reward_dir(w.reward) else [],
         prompts=rules.digits_prompts.output,
         settings=DIG["settings"],
@@ -91,6 +124,7 @@ rule digits_finetune:
         reward_path=lambda w: f"--reward-path {reward_dir(w.reward)}" if reward_dir(w.reward) else "",
         out=f"{DRES}/runs/{RUN}",
         guidance=DIG["guidance_scale"],
+        correction=lambda w: f"--set eam.correction={CORRECTION}" if needs_correction(w.method) else "",
     log:
         f"{RESULTS}/logs/digits/runs/{RUN}.log",
     threads: 1
@@ -100,7 +134,8 @@ rule digits_finetune:
         "OMP_NUM_THREADS={threads} eam finetune --model digits_flow --model-path {DRES}/models/base "
         "--reward {wildcards.reward} {params.reward_path} --method {wildcards.method} --lam {wildcards.lam} "
         "--seed {wildcards.seed} --settings {input.settings} --prompts {input.prompts[0]} "
-        "--eval-prompts {input.prompts[1]} --guidance-scale {params.guidance} --out {params.out} --quiet > {log} 2>&1"
+        "--eval-prompts {input.prompts[1]} --guidance-scale {params.guidance} {params.correction} --out {params.out} "
+        "--quiet > {log} 2>&1"
 
 
 rule digits_pool:

@@ -8,7 +8,7 @@ def gmm_method_args(wildcards):
     args = f"--method {method}"
     if base_score:
         args += f" --base-score {base_score}"
-        if base_score in ("endpoint", "residual"):
+        if base_score in ("endpoint", "residual", "corrected"):
             args += f" --delta {GMM.get('delta', 0.05)}"
     if GMM.get("iters"):
         args += f" --iters {GMM['iters']}"
@@ -29,7 +29,7 @@ rule gmm_run:
         mem_mb=2000,
         runtime=30,
     wildcard_constraints:
-        variant="am|eam-residual|eam-endpoint|eam-exact|eam-bridge",
+        variant="am|eam-residual|eam-corrected|eam-endpoint|eam-exact|eam-bridge",
         seed=r"\d+",
     shell:
         "OMP_NUM_THREADS={threads} eam gmm --case {input.case} {params.args} --seed {wildcards.seed} "
