@@ -1,5 +1,7 @@
 """Shared test setup: one CPU thread, float64 where it matters, and a fixed seed per test; a test's
-`log` property (record_property) is printed in the terminal summary."""
+`log` property (record_property) is printed in the terminal summary. Two tiers: locally the fast one
+(minute-long `slow` tests deselected); with `--slow`, or where CI=true, the full one."""
+import os
 import sys
 from pathlib import Path
 
@@ -29,14 +31,33 @@ def gen():
     return torch.Generator().manual_seed(SEED)
 
 
+def pytest_addoption(parser):
+    parser.addoption("--slow", action="store_true",
+                     help="also run the minute-long `slow` tests (the full tier; CI=true implies it)")
+
+
+def _full_tier(config) -> bool:
+    return config.getoption("--slow") or os.environ.get("CI") == "true" or "slow" in (config.getoption("-m") or "")
+
+
+def pytest_report_header(config):
+    return "tier: full (slow tests included)" if _full_tier(config) else \
+        "tier: fast (slow tests deselected; --slow or CI=true runs the full tier)"
+
+
 def pytest_collection_modifyitems(config, items):
-    """Minute-long (`slow`) tests first, longest first (`slow(minutes=...)`, measured on 2 cores). With
+    """The fast tier drops the `slow` tests. Then minute-long tests first, longest first (`slow(minutes=...)`, measured on 2 cores). With
     `--dist loadgroup` (the README's test command) each test is its own unit and a worker takes the next one
     when it is free, so the long ones spread over the workers instead of one of them ending the run alone."""
     def order(item):
         slow = item.get_closest_marker("slow")
         return (slow is None, -(slow.kwargs.get("minutes", 1) if slow else 0))
 
+    if not _full_tier(config):
+        slow = [item for item in items if item.get_closest_marker("slow")]
+        if slow:
+            config.hook.pytest_deselected(items=slow)
+            items[:] = [item for item in items if not item.get_closest_marker("slow")]
     items.sort(key=order)
 
 

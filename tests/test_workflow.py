@@ -36,6 +36,18 @@ def test_dry_run_of_all_on_the_default_config(tmp_path):
         assert rule in p.stdout, rule
 
 
+@pytest.mark.parametrize("configfile", ["config/config.yaml", "config/sd3.yaml", "config/sd15.yaml", "config/bench.yaml"])
+def test_lint_is_clean(tmp_path, configfile):
+    """`snakemake --lint` passes (functions in common.smk, every path from input/output, a conda env per rule)
+    and the schema's draft is one Snakemake validates without warnings."""
+    wd = _workdir(tmp_path)
+    (wd / "environment.yml").write_text((ROOT / "environment.yml").read_text())
+    p = _snakemake(wd, "--lint", "--configfile", configfile)
+    out = p.stdout + p.stderr
+    assert p.returncode == 0 and "Congratulations, your workflow is in a good condition" in out, out[-3000:]
+    assert "No validator found for JSON Schema" not in out
+
+
 @pytest.mark.slow(minutes=3)
 def test_tiny_real_run_then_noop_and_resume(tmp_path):
     wd = _workdir(tmp_path)

@@ -35,9 +35,11 @@ runuser -u munge -- /usr/sbin/munged --force --pid-file=/run/munge/eam-ci.pid --
   || fail "munged did not start: $(tail -n 3 /var/log/munge/eam-ci.log 2>/dev/null)"
 timeout 10 bash -c 'until munge -n | unmunge >/dev/null 2>&1; do sleep 0.2; done' || fail "munge does not answer"
 
-# slurm.conf: this machine as node "localhost", one partition; no accounting database, so jobs
-# must stay visible to squeue long enough for Snakemake's status checks (MinJobAge).
-node=$(slurmd -C | head -n 1 | sed -E 's/^NodeName=[^ ]+/NodeName=localhost/')
+# slurm.conf: this machine as node "localhost", two partitions, and two GPUs declared as a generic
+# resource without device files (slurmd only counts them), so that a GPU request is scheduled and
+# recorded; no accounting database, so jobs must stay visible to squeue long enough for Snakemake's
+# status checks (MinJobAge).
+node="$(slurmd -C | head -n 1 | sed -E 's/^NodeName=[^ ]+/NodeName=localhost/') Gres=gpu:2"
 mkdir -p /etc/slurm "$WORK/state" "$WORK/spool"
 cat > /etc/slurm/slurm.conf <<CONF
 ClusterName=eamci
@@ -63,10 +65,12 @@ AccountingStorageType=accounting_storage/none
 JobAcctGatherType=jobacct_gather/none
 JobCompType=jobcomp/none
 MpiDefault=none
+GresTypes=gpu
 $node State=UNKNOWN
 PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP
 PartitionName=second Nodes=localhost MaxTime=INFINITE State=UP
 CONF
+echo "NodeName=localhost Name=gpu Count=2" > /etc/slurm/gres.conf
 slurmctld -i || fail "slurmctld did not start"
 slurmd -N localhost || fail "slurmd did not start"
 timeout 60 bash -c 'until [ "$(sinfo -h -N -o %T 2>/dev/null | sort -u)" = idle ]; do sleep 1; done' \
@@ -74,7 +78,7 @@ timeout 60 bash -c 'until [ "$(sinfo -h -N -o %T 2>/dev/null | sort -u)" = idle 
 say "SLURM up in $(( $(date +%s) - START )) s: $(sinfo -h -N -o '%N %T %c CPUs' | sort -u | head -n 1), partitions $(sinfo -h -o %P | tr '\n' ' ')"
 
 # the embedded-default DAG on the tiny config, through the project's profile; the fine-tuning jobs on the
-# second partition with 2 threads, to check what the profile hands to sbatch
+# second partition with 2 threads and one GPU each (as the t2i rules ask), to check what the profile hands to sbatch
 RUN="$WORK/run"
 mkdir -p "$RUN/tests"
 cp -r "$ROOT/Snakefile" "$ROOT/workflow" "$ROOT/config" "$ROOT/profiles" "$RUN/"
@@ -83,7 +87,7 @@ cd "$RUN"
 # no slurmdbd here: query squeue, not sacct (the profile's default, for clusters with accounting)
 timeout 1500 snakemake all --profile profiles/slurm --configfile tests/data/tiny_config.yaml \
   --slurm-status-command squeue --slurm-init-seconds-before-status-checks 5 --slurm-no-account \
-  --set-resources digits_finetune:slurm_partition=second --set-threads digits_finetune=2 \
+  --set-resources digits_finetune:slurm_partition=second digits_finetune:gpu=1 --set-threads digits_finetune=2 \
   > "$WORK/snakemake.log" 2>&1 || fail "snakemake through SLURM failed (exit $?)"
 
 ids=$(grep -oE "SLURM jobid [0-9]+" "$WORK/snakemake.log" | awk '{print $3}' | sort -n | uniq)
@@ -104,9 +108,11 @@ for id in $ids; do
   n_ft=$((n_ft + 1))
   echo "$info" | grep -q "Partition=second" || fail "fine-tuning job $id not on partition 'second': $(echo "$info" | grep -o 'Partition=[^ ]*')"
   echo "$info" | grep -qE "CPUs/Task=2( |$)" || fail "fine-tuning job $id: $(echo "$info" | grep -oE 'CPUs/Task=[^ ]*') (want its 2 threads)"
+  echo "$info" | grep -qE "Tres[A-Za-z]*=gres[/:]gpu[:=]1( |,|$)" \
+    || fail "fine-tuning job $id: no request for one GPU ($(echo "$info" | grep -oE 'Tres[A-Za-z]*=[^ ]*' | tr '\n' ' '))"
 done
 [ "$n_ft" -ge 1 ] || fail "no digits_finetune job among the SLURM jobs"
-say "fine-tuning jobs: $n_ft on partition 'second' with CPUs/Task=2"
+say "fine-tuning jobs: $n_ft on partition 'second' with CPUs/Task=2 and one GPU each"
 for f in results/gmm/report/table.md results/digits/report/table.md; do
   [ -s "$f" ] || fail "$f missing after the SLURM run"
 done

@@ -3,33 +3,12 @@
 # jobs run one at a time, after every other job of the DAG.
 # model_path / reward_path "random:ARCH" are published architectures with random weights
 # (`eam random-weights`), so GPU timings at SD3-medium / SD1.5 shapes need no download.
-BENCH = {name: b for name, b in config["bench"].items() if b}  # a null entry is switched off
-BRES = f"{RESULTS}/bench"
-RANDOM_MARKER = {"sd3-medium": "model_index.json", "sd15": "model_index.json", "clipscore": "config.json",
-                 "pickscore": "config.json"}
 for _name, _b in BENCH.items():
     check_files([_b["prompts"], _b["settings"], *([_b["knobs"]] if _b.get("knobs") else [])], f"bench {_name} input file")
     for _p in (_b["model_path"], _b.get("reward_path") or ""):
         if _p.startswith("random:") and _p[7:] not in RANDOM_MARKER:
             raise WorkflowError(f"bench {_name}: unknown architecture {_p!r}; known: "
                                 + ", ".join(f"random:{a}" for a in RANDOM_MARKER))
-
-
-def bench_path(path):
-    """The folder a model_path / reward_path names ("random:ARCH": the random-weights folder)."""
-    return f"{BRES}/weights/{path[7:]}" if path and path.startswith("random:") else path
-
-
-def weight_files(name):
-    """Weight folders the DAG makes: random architectures, and folders under results/ (e.g. the
-    digits base model); other paths (HF repo ids, downloaded folders) are read as they are."""
-    files = []
-    for path in (BENCH[name]["model_path"], BENCH[name].get("reward_path")):
-        if path and path.startswith("random:"):
-            files.append(f"{bench_path(path)}/{RANDOM_MARKER[path[7:]]}")
-        elif path and path.startswith(f"{RESULTS}/"):
-            files.append(f"{path}/config.json")
-    return files
 
 
 # Timings are only meaningful on an otherwise idle machine: each bench job waits for every other job
@@ -39,28 +18,25 @@ OTHER_TARGETS = [*(rules.gmm_all.input if config.get("gmm") else []),
                  *(rules.t2i_all.input if config.get("t2i") else [])]
 
 
-def bench_inputs(w):
-    names = list(BENCH)
-    before = names[: names.index(w.name)]
-    return [*OTHER_TARGETS, *(f for n in names for f in weight_files(n)),
-            *(f"{BRES}/{n}/bench.json" for n in before[-1:])]
-
-
 rule bench_weights:
     output:
         f"{BRES}/weights/{{arch}}/{{marker}}",
     wildcard_constraints:
         arch="|".join(RANDOM_MARKER),
         marker="model_index.json|config.json",
+    params:
+        out=lambda w, output: parent(output[0]),
     log:
         f"{RESULTS}/logs/bench/weights/{{arch}}_{{marker}}.log",
+    conda:
+        ENV
     threads: 4
     resources:
         gpu=1,
         runtime=30,
         mem_mb=64000,
     shell:
-        "eam random-weights --arch {wildcards.arch} --out {BRES}/weights/{wildcards.arch} > {log} 2>&1"
+        "eam random-weights --arch {wildcards.arch} --out {params.out} > {log} 2>&1"
 
 
 rule bench_prompts:
@@ -70,10 +46,13 @@ rule bench_prompts:
         f"{BRES}/{{name}}/prompts/train.jsonl",
     params:
         domain=lambda w: BENCH[w.name].get("domain", "text"),
+        out=lambda w, output: parent(output[0]),
     log:
         f"{RESULTS}/logs/bench/{{name}}_prompts.log",
+    conda:
+        ENV
     shell:
-        "eam prompts {input} --domain {params.domain} --out {BRES}/{wildcards.name}/prompts > {log} 2>&1"
+        "eam prompts {input} --domain {params.domain} --out {params.out} > {log} 2>&1"
 
 
 rule bench:
@@ -93,8 +72,11 @@ rule bench:
         profile=lambda w: "--profile" if BENCH[w.name].get("profile") else "",
         warmup=lambda w: BENCH[w.name].get("warmup", 2),
         repeats=lambda w: BENCH[w.name].get("repeats", 5),
+        out=lambda w, output: parent(output[0]),
     log:
         f"{RESULTS}/logs/bench/{{name}}.log",
+    conda:
+        ENV
     threads: lambda w: BENCH[w.name].get("threads", 1)
     resources:
         gpu=lambda w: BENCH[w.name].get("gpus", 0),
@@ -104,7 +86,7 @@ rule bench:
         "OMP_NUM_THREADS={threads} eam bench --model {params.model} --model-path {params.model_path} "
         "--reward {params.reward} {params.reward_path} --prompts {input.prompts} --settings {input.settings} "
         "{params.knobs} {params.profile} --warmup {params.warmup} --repeats {params.repeats} "
-        "--out {BRES}/{wildcards.name} > {log} 2>&1"
+        "--out {params.out} > {log} 2>&1"
 
 
 rule bench_all:

@@ -4,6 +4,24 @@ from pathlib import Path
 from snakemake.exceptions import WorkflowError
 
 RESULTS = "results"
+ENV = "../../environment.yml"  # every rule's software (the same pins as pyproject.toml), for --sdm conda
+REPORT_FILES = ["reward_vs_time.png", "reward_vs_nfe.png", "tradeoff.png", "samples.png", "table.csv", "table.md",
+                "table.tex", "time_to_threshold.csv", "time_to_quality.md", "time_to_quality.png"]
+MODEL_FILES = ["config.json", "model.safetensors"]
+RUN = "{method}/{reward}/lam{lam}/seed{seed}"
+TRUTH = "{reward}/lam{lam}"
+TRUTH_FILES = ["truth.json", "pstar_a.safetensors", "pstar_b.safetensors"]
+
+
+def parent(path):
+    """The folder of an input or output file (a command's --out or --model-path)."""
+    return str(Path(path).parent)
+
+
+def grid_args(paths, methods, lambdas):
+    """`--grid` of the report: the base's samples, then each method's at the largest λ (first seed)."""
+    top = max(lambdas)
+    return " ".join([f"base={paths[0]}", *(f"{m.upper()}_lam{top}={p}" for m, p in zip(methods, paths[1:]))])
 
 
 def check_files(paths, what):
@@ -48,3 +66,119 @@ onstart:
             "the slurm profile needs SLURM's commands (sbatch, squeue) on PATH and none are installed here; "
             "run `snakemake --cores N all` on this machine, or submit from a SLURM login node"
         )
+
+
+# -- digits (workflow/rules/digits.smk) ----------------------------------------------------------------
+DIG = config.get("digits") or {}
+DRES = f"{RESULTS}/digits"
+# ablations (e.g. eam-endpoint: EAM with the old base-score estimator) run on the first seed only
+RUNS = [*expand(RUN, method=DIG.get("methods", []), reward=DIG.get("rewards", []), lam=DIG.get("lambdas", []),
+                seed=DIG.get("seeds", [])),
+        *expand(RUN, method=DIG.get("ablations") or [], reward=DIG.get("rewards", []), lam=DIG.get("lambdas", []),
+                seed=DIG.get("seeds", [])[:1])]
+CORRECTION = f"{DRES}/models/correction"  # `corrected`'s correction network: one per base, shared by every run
+TRAINED_REWARDS = ["digit_classifier", "heldout_classifier", "digit_clip"]
+
+
+def needs_correction(method):
+    """Whether an EAM run (eam: the settings file's variant; eam-VARIANT) uses the correction network."""
+    if not method.startswith("eam"):
+        return False
+    return (method.partition("-")[2] or settings_eam(DIG["settings"]).base_score) == "corrected"
+
+
+def reward_dir(name):
+    """Weights folder of a trained digits reward; None for analytic rewards."""
+    return f"{DRES}/models/{name}" if name in TRAINED_REWARDS else None
+
+
+def metric_args(names):
+    return " ".join(f"--metric {n}={reward_dir(n)}" if reward_dir(n) else f"--metric {n}" for n in names)
+
+
+def truth_dir(run):
+    """The tilted-law folder of a run `method/reward/lamL/seedS`."""
+    _, reward, lam, _ = run.split("/")
+    return f"{DRES}/truth/{reward}/{lam}"
+
+
+def model_dir(w):
+    return f"{DRES}/models/base" if w.run == "base" else f"{DRES}/runs/{w.run}"
+
+
+# -- Gaussian mixtures (workflow/rules/gmm.smk) --------------------------------------------------------
+GMM = config.get("gmm") or {}
+
+
+def gmm_method_args(wildcards):
+    method, _, base_score = wildcards.variant.partition("-")
+    args = f"--method {method}"
+    if base_score:
+        args += f" --base-score {base_score}"
+        if base_score in ("endpoint", "residual", "corrected"):
+            args += f" --delta {GMM.get('delta', 0.05)}"
+    if GMM.get("iters"):
+        args += f" --iters {GMM['iters']}"
+    return args
+
+
+# -- eam bench (workflow/rules/bench.smk) --------------------------------------------------------------
+BENCH = {name: b for name, b in (config.get("bench") or {}).items() if b}  # a null entry is switched off
+BRES = f"{RESULTS}/bench"
+RANDOM_MARKER = {"sd3-medium": "model_index.json", "sd15": "model_index.json", "clipscore": "config.json",
+                 "pickscore": "config.json"}
+
+
+def bench_path(path):
+    """The folder a model_path / reward_path names ("random:ARCH": the random-weights folder)."""
+    return f"{BRES}/weights/{path[7:]}" if path and path.startswith("random:") else path
+
+
+def weight_files(name):
+    """Weight folders the DAG makes: random architectures, and folders under results/ (e.g. the
+    digits base model); other paths (HF repo ids, downloaded folders) are read as they are."""
+    files = []
+    for path in (BENCH[name]["model_path"], BENCH[name].get("reward_path")):
+        if path and path.startswith("random:"):
+            files.append(f"{bench_path(path)}/{RANDOM_MARKER[path[7:]]}")
+        elif path and path.startswith(f"{RESULTS}/"):
+            files.append(f"{path}/config.json")
+    return files
+
+
+def bench_inputs(w):
+    names = list(BENCH)
+    before = names[: names.index(w.name)]
+    return [*OTHER_TARGETS, *(f for n in names for f in weight_files(n)),
+            *(f"{BRES}/{n}/bench.json" for n in before[-1:])]
+
+
+# -- text-to-image (workflow/rules/t2i.smk) -----------------------------------------------------------
+T2I = config.get("t2i") or {}
+TRES = f"{RESULTS}/{T2I.get('name')}"
+TRUNS = expand(RUN, method=T2I.get("methods", []), reward=T2I.get("rewards", []), lam=T2I.get("lambdas", []),
+               seed=T2I.get("seeds", []))
+T2I_WEIGHTS = T2I.get("weights") or {}
+T2I_TRUTH = T2I.get("truth")
+T2I_RUNTIME = T2I.get("runtime_min") or {}
+T2I_MEM = T2I.get("mem_mb", 64000)
+GPU = T2I.get("gpus", 1)
+T2I_FEATURES = f"{T2I.get('features')}={T2I_WEIGHTS[T2I['features']]}" if T2I_WEIGHTS.get(T2I.get("features")) \
+    else T2I.get("features")
+
+
+def weights_arg(name, flag):
+    """`FLAG PATH` for a reward whose weights folder is configured; nothing for the HF cache."""
+    return f"{flag} {T2I_WEIGHTS[name]}" if T2I_WEIGHTS.get(name) else ""
+
+
+def t2i_metric_args():
+    return " ".join(f"--metric {n}={T2I_WEIGHTS[n]}" if T2I_WEIGHTS.get(n) else f"--metric {n}" for n in T2I["metrics"])
+
+
+def t2i_pstar(w):
+    """The p* set a run's samples are compared with (none for the base, or without `truth:`)."""
+    if w.run == "base" or not T2I_TRUTH:
+        return []
+    _, reward, lam, _ = w.run.split("/")
+    return f"{TRES}/truth/{reward}/{lam}/pstar_a.safetensors"

@@ -1,37 +1,11 @@
 # Embedded default: a text-to-image-like benchmark on sklearn's digits, offline on 2 CPU cores.
 # prompts -> base and reward models -> AM/EAM fine-tuning (method x reward x lambda x seed)
 # -> evaluation samples (fixed seeds) -> every metric -> figures and tables.
-DIG = config["digits"]
-DRES = f"{RESULTS}/digits"
+# Its settings, run list and path helpers are in common.smk (DIG, DRES, RUNS, reward_dir, ...).
 check_files([DIG["prompts"], DIG["settings"]], "digits input file")
 if not set(DIG["rewards"]) <= set(DIG["metrics"]):
     raise WorkflowError(f"digits.rewards {sorted(set(DIG['rewards']) - set(DIG['metrics']))} must also be listed "
                         "in digits.metrics (the report compares the training reward across runs)")
-RUN = "{method}/{reward}/lam{lam}/seed{seed}"
-# ablations (e.g. eam-endpoint: EAM with the old base-score estimator) run on the first seed only
-RUNS = expand(RUN, method=DIG["methods"], reward=DIG["rewards"], lam=DIG["lambdas"], seed=DIG["seeds"]) + \
-    expand(RUN, method=DIG.get("ablations") or [], reward=DIG["rewards"], lam=DIG["lambdas"], seed=DIG["seeds"][:1])
-MODEL_FILES = ["config.json", "model.safetensors"]
-CORRECTION = f"{DRES}/models/correction"  # `corrected`'s correction network: one per base, shared by every run
-
-
-def needs_correction(method):
-    """Whether an EAM run (eam: the settings file's variant; eam-VARIANT) uses the correction network."""
-    if not method.startswith("eam"):
-        return False
-    return (method.partition("-")[2] or settings_eam(DIG["settings"]).base_score) == "corrected"
-
-
-def reward_dir(name):
-    """Weights folder of a trained digits reward; None for analytic rewards."""
-    return f"{DRES}/models/{name}" if name in TRAINED_REWARDS else None
-
-
-TRAINED_REWARDS = ["digit_classifier", "heldout_classifier", "digit_clip"]
-
-
-def metric_args(names):
-    return " ".join(f"--metric {n}={reward_dir(n)}" if reward_dir(n) else f"--metric {n}" for n in names)
 
 
 rule digits_prompts:
@@ -40,11 +14,15 @@ rule digits_prompts:
     output:
         train=f"{DRES}/prompts/train.jsonl",
         eval=f"{DRES}/prompts/eval.jsonl",
+    params:
+        out=lambda w, output: parent(output.train),
     log:
         f"{RESULTS}/logs/digits/prompts.log",
+    conda:
+        ENV
     priority: 10
     shell:
-        "eam prompts {input} --domain digits --out {DRES}/prompts > {log} 2>&1"
+        "eam prompts {input} --domain digits --out {params.out} > {log} 2>&1"
 
 
 rule digits_reward_model:
@@ -56,35 +34,42 @@ rule digits_reward_model:
         name="|".join(TRAINED_REWARDS),
     params:
         epochs=DIG["reward_epochs"],
+        out=lambda w, output: parent(output[0]),
     log:
         f"{RESULTS}/logs/digits/{{name}}.log",
+    conda:
+        ENV
     priority: 10
     threads: 1
     resources:
         runtime=15,
     shell:
         "OMP_NUM_THREADS={threads} eam digits-pretrain {wildcards.name} --prompts {input.prompts} --iters {params.epochs} "
-        "--out {DRES}/models/{wildcards.name} --quiet > {log} 2>&1"
+        "--out {params.out} --quiet > {log} 2>&1"
 
 
 rule digits_base:
     input:
-        expand(f"{DRES}/models/digit_classifier/{{f}}", f=MODEL_FILES),
+        classifier=expand(f"{DRES}/models/digit_classifier/{{f}}", f=MODEL_FILES),
     output:
         expand(f"{DRES}/models/base/{{f}}", f=MODEL_FILES),
     params:
         iters=DIG["base"]["iters"],
         channels=DIG["base"]["channels"],
         min_accuracy=DIG["base"]["min_accuracy"],
+        classifier=lambda w, input: parent(input.classifier[0]),
+        out=lambda w, output: parent(output[0]),
     log:
         f"{RESULTS}/logs/digits/base.log",
+    conda:
+        ENV
     priority: 10  # the longest chain of the DAG: start it first
     threads: 1
     resources:
         runtime=30,
     shell:
         "OMP_NUM_THREADS={threads} eam digits-pretrain flow --iters {params.iters} --channels {params.channels} "
-        "--check-with {DRES}/models/digit_classifier --min-accuracy {params.min_accuracy} --out {DRES}/models/base --quiet > {log} 2>&1"
+        "--check-with {params.classifier} --min-accuracy {params.min_accuracy} --out {params.out} --quiet > {log} 2>&1"
 
 
 rule digits_correction:
@@ -98,17 +83,22 @@ rule digits_correction:
     params:
         guidance=DIG["guidance_scale"],
         fit=correction_fit_args(DIG["settings"]),
+        base=lambda w, input: parent(input.base[0]),
+        reward=lambda w, input: parent(input.reward[0]),
+        out=lambda w, output: parent(output[0]),
     log:
         f"{RESULTS}/logs/digits/correction.log",
+    conda:
+        ENV
     priority: 5
     threads: 1
     resources:
         runtime=60,
     shell:  # docs/method.md §5.5: the λ = 0 endpoint fit with x_1 from the frozen base (the reward is unused)
-        "OMP_NUM_THREADS={threads} eam finetune --model digits_flow --model-path {DRES}/models/base "
-        "--reward digit_classifier --reward-path {DRES}/models/digit_classifier --method eam-endpoint --lam 0 "
+        "OMP_NUM_THREADS={threads} eam finetune --model digits_flow --model-path {params.base} "
+        "--reward digit_classifier --reward-path {params.reward} --method eam-endpoint --lam 0 "
         "--set eam.sampler=base {params.fit} --settings {input.settings} --prompts {input.prompts[0]} "
-        "--eval-prompts {input.prompts[1]} --guidance-scale {params.guidance} --out {CORRECTION} --quiet > {log} 2>&1"
+        "--eval-prompts {input.prompts[1]} --guidance-scale {params.guidance} --out {params.out} --quiet > {log} 2>&1"
 
 
 rule digits_finetune:
@@ -121,17 +111,20 @@ rule digits_finetune:
     output:
         expand(f"{DRES}/runs/{RUN}/{{f}}", f=[*MODEL_FILES, "metrics.jsonl", "summary.json"], allow_missing=True),
     params:
-        reward_path=lambda w: f"--reward-path {reward_dir(w.reward)}" if reward_dir(w.reward) else "",
-        out=f"{DRES}/runs/{RUN}",
+        base=lambda w, input: parent(input.base[0]),
+        reward_path=lambda w, input: f"--reward-path {parent(input.reward[0])}" if input.reward else "",
+        out=lambda w, output: parent(output[0]),
         guidance=DIG["guidance_scale"],
-        correction=lambda w: f"--set eam.correction={CORRECTION}" if needs_correction(w.method) else "",
+        correction=lambda w, input: f"--set eam.correction={parent(input.correction[0])}" if input.correction else "",
     log:
         f"{RESULTS}/logs/digits/runs/{RUN}.log",
+    conda:
+        ENV
     threads: 1
     resources:
         runtime=60,
     shell:
-        "OMP_NUM_THREADS={threads} eam finetune --model digits_flow --model-path {DRES}/models/base "
+        "OMP_NUM_THREADS={threads} eam finetune --model digits_flow --model-path {params.base} "
         "--reward {wildcards.reward} {params.reward_path} --method {wildcards.method} --lam {wildcards.lam} "
         "--seed {wildcards.seed} --settings {input.settings} --prompts {input.prompts[0]} "
         "--eval-prompts {input.prompts[1]} --guidance-scale {params.guidance} {params.correction} --out {params.out} "
@@ -145,21 +138,19 @@ rule digits_pool:
     output:
         f"{DRES}/truth/pool.safetensors",
     params:
-        model=f"{DRES}/models/base",
+        model=lambda w, input: parent(input.model),
         per_prompt=DIG["truth"]["pool_per_prompt"],
         steps=DIG["eval"]["steps"],
         guidance=DIG["guidance_scale"],
     log:
         f"{RESULTS}/logs/digits/truth/pool.log",
+    conda:
+        ENV
     threads: 1
     shell:
         "OMP_NUM_THREADS={threads} eam sample --model digits_flow --model-path {params.model} --prompts {input.prompts} "
         "--per-prompt {params.per_prompt} --steps {params.steps} --guidance-scale {params.guidance} --stream 1 "
         "--out {output} > {log} 2>&1"
-
-
-TRUTH = "{reward}/lam{lam}"
-TRUTH_FILES = ["truth.json", "pstar_a.safetensors", "pstar_b.safetensors"]
 
 
 rule digits_tilt_truth:
@@ -168,30 +159,24 @@ rule digits_tilt_truth:
         base=f"{DRES}/samples/base.safetensors",
         models=[f"{reward_dir(n)}/model.safetensors" for n in sorted({*DIG["metrics"], *DIG["rewards"], "digit_classifier"})
                 if reward_dir(n)],
+        features=f"{DRES}/models/digit_classifier/model.safetensors",
     output:
         expand(f"{DRES}/truth/{TRUTH}/{{f}}", f=TRUTH_FILES, allow_missing=True),
     params:
         reward=lambda w: f"{w.reward}={reward_dir(w.reward)}" if reward_dir(w.reward) else w.reward,
         metrics=metric_args(DIG["metrics"]),
+        features=lambda w, input: f"digit_classifier={parent(input.features)}",
         per_prompt=DIG["eval"]["per_prompt"],
-        out=f"{DRES}/truth/{TRUTH}",
+        out=lambda w, output: parent(output[0]),
     log:
         f"{RESULTS}/logs/digits/truth/{TRUTH}.log",
+    conda:
+        ENV
     threads: 1
     shell:
         "OMP_NUM_THREADS={threads} eam tilt-truth --pool {input.pool} --reward {params.reward} --lam {wildcards.lam} "
-        "{params.metrics} --features digit_classifier={DRES}/models/digit_classifier --base-samples {input.base} "
+        "{params.metrics} --features {params.features} --base-samples {input.base} "
         "--per-prompt {params.per_prompt} --out {params.out} > {log} 2>&1"
-
-
-def truth_dir(run):
-    """The tilted-law folder of a run `method/reward/lamL/seedS`."""
-    _, reward, lam, _ = run.split("/")
-    return f"{DRES}/truth/{reward}/{lam}"
-
-
-def model_dir(w):
-    return f"{DRES}/models/base" if w.run == "base" else f"{DRES}/runs/{w.run}"
 
 
 rule digits_sample:
@@ -201,12 +186,14 @@ rule digits_sample:
     output:
         f"{DRES}/samples/{{run}}.safetensors",
     params:
-        model=model_dir,
+        model=lambda w, input: parent(input.model),
         per_prompt=DIG["eval"]["per_prompt"],
         steps=DIG["eval"]["steps"],
         guidance=DIG["guidance_scale"],
     log:
         f"{RESULTS}/logs/digits/samples/{{run}}.log",
+    conda:
+        ENV
     threads: 1
     shell:
         "OMP_NUM_THREADS={threads} eam sample --model digits_flow --model-path {params.model} --prompts {input.prompts} "
@@ -219,18 +206,22 @@ rule digits_score:
         samples=f"{DRES}/samples/{{run}}.safetensors",
         base=f"{DRES}/samples/base.safetensors",
         models=[f"{reward_dir(n)}/model.safetensors" for n in sorted({*DIG["metrics"], "digit_classifier"}) if reward_dir(n)],
+        features=f"{DRES}/models/digit_classifier/model.safetensors",
         pstar=lambda w: [] if w.run == "base" else f"{truth_dir(w.run)}/pstar_a.safetensors",
     output:
         f"{DRES}/scores/{{run}}.json",
     params:
         metrics=metric_args(DIG["metrics"]),
+        features=lambda w, input: f"digit_classifier={parent(input.features)}",
         pstar=lambda w, input: f"--pstar {input.pstar}" if input.pstar else "",
     log:
         f"{RESULTS}/logs/digits/scores/{{run}}.log",
+    conda:
+        ENV
     threads: 1
     shell:
         "OMP_NUM_THREADS={threads} eam score --samples {input.samples} --base-samples {input.base} {params.metrics} "
-        "--features digit_classifier={DRES}/models/digit_classifier {params.pstar} --out {output} > {log} 2>&1"
+        "--features {params.features} {params.pstar} --out {output} > {log} 2>&1"
 
 
 rule digits_report:
@@ -243,19 +234,18 @@ rule digits_report:
               *(f"{DRES}/samples/{m}/{DIG['rewards'][0]}/lam{max(DIG['lambdas'])}/seed{DIG['seeds'][0]}.safetensors"
                 for m in DIG["methods"])],
     output:
-        expand(f"{DRES}/report/{{f}}", f=["reward_vs_time.png", "reward_vs_nfe.png", "tradeoff.png", "samples.png",
-                                          "table.csv", "table.md", "table.tex", "time_to_threshold.csv",
-                                          "time_to_quality.md", "time_to_quality.png", "verdict.md"]),
+        expand(f"{DRES}/report/{{f}}", f=[*REPORT_FILES, "verdict.md"]),
     params:
-        runs=expand(f"{DRES}/runs/{{run}}", run=RUNS),
-        grid=" ".join(["base=" + f"{DRES}/samples/base.safetensors",
-                       *(f"{m.upper()}_lam{max(DIG['lambdas'])}={DRES}/samples/{m}/{DIG['rewards'][0]}/"
-                         f"lam{max(DIG['lambdas'])}/seed{DIG['seeds'][0]}.safetensors" for m in DIG["methods"])]),
+        runs=lambda w, input: " ".join(parent(p) for p in input.runs),
+        grid=lambda w, input: grid_args(input.grid, DIG["methods"], DIG["lambdas"]),
+        out=lambda w, output: parent(output[0]),
     log:
         f"{RESULTS}/logs/digits/report.log",
+    conda:
+        ENV
     shell:
         "eam finetune-report --runs {params.runs} --scores {input.scores} --base-scores {input.base} "
-        "--truth {input.truth} --grid {params.grid} --out {DRES}/report > {log} 2>&1"
+        "--truth {input.truth} --grid {params.grid} --out {params.out} > {log} 2>&1"
 
 
 rule digits_all:

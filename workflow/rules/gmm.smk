@@ -1,18 +1,5 @@
 # Gaussian-mixture ground truth: every (case, variant, seed) fine-tuned against the exact tilted target.
-GMM = config["gmm"]
 check_files([f"config/gmm/{c}.yaml" for c in GMM["cases"]], "GMM case file")
-
-
-def gmm_method_args(wildcards):
-    method, _, base_score = wildcards.variant.partition("-")
-    args = f"--method {method}"
-    if base_score:
-        args += f" --base-score {base_score}"
-        if base_score in ("endpoint", "residual", "corrected"):
-            args += f" --delta {GMM.get('delta', 0.05)}"
-    if GMM.get("iters"):
-        args += f" --iters {GMM['iters']}"
-    return args
 
 
 rule gmm_run:
@@ -24,6 +11,8 @@ rule gmm_run:
         args=gmm_method_args,
     log:
         f"{RESULTS}/logs/gmm/{{case}}/{{variant}}/seed{{seed}}.log",
+    conda:
+        ENV
     threads: 1
     resources:
         mem_mb=2000,
@@ -43,10 +32,14 @@ rule gmm_report:
     output:
         table=f"{RESULTS}/gmm/report/table.md",
         figures=expand(f"{RESULTS}/gmm/report/{{case}}.png", case=GMM["cases"]),
+    params:
+        out=lambda w, output: parent(output.table),
     log:
         f"{RESULTS}/logs/gmm/report.log",
+    conda:
+        ENV
     shell:
-        "eam gmm-report {input} --out {RESULTS}/gmm/report > {log} 2>&1"
+        "eam gmm-report {input} --out {params.out} > {log} 2>&1"
 
 
 rule gmm_all:

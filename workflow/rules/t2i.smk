@@ -1,25 +1,11 @@
 # Text-to-image at paper scale (config/sd3.yaml, config/sd15.yaml): the same DAG as the digits
 # benchmark on a diffusers model and the real reward models.
 # prompts -> AM/EAM fine-tuning (method x reward x lambda x seed) -> evaluation samples -> metrics -> report.
-T2I = config["t2i"]
-TRES = f"{RESULTS}/{T2I['name']}"
+# Its settings, run list and path helpers are in common.smk (T2I, TRES, TRUNS, weights_arg, ...).
 check_files([*T2I["prompts"]["train"], *T2I["prompts"].get("eval", []), T2I["settings"]], "t2i input file")
 if not set(T2I["rewards"]) <= set(T2I["metrics"]):
     raise WorkflowError(f"t2i.rewards {sorted(set(T2I['rewards']) - set(T2I['metrics']))} must also be listed "
                         "in t2i.metrics (the report compares the training reward across runs)")
-TRUN = "{method}/{reward}/lam{lam}/seed{seed}"
-TRUNS = expand(TRUN, method=T2I["methods"], reward=T2I["rewards"], lam=T2I["lambdas"], seed=T2I["seeds"])
-T2I_WEIGHTS = T2I.get("weights") or {}
-GPU = T2I.get("gpus", 1)
-
-
-def weights_arg(name, flag):
-    """`FLAG PATH` for a reward whose weights folder is configured; nothing for the HF cache."""
-    return f"{flag} {T2I_WEIGHTS[name]}" if T2I_WEIGHTS.get(name) else ""
-
-
-def t2i_metric_args():
-    return " ".join(f"--metric {n}={T2I_WEIGHTS[n]}" if T2I_WEIGHTS.get(n) else f"--metric {n}" for n in T2I["metrics"])
 
 
 rule t2i_prompts:
@@ -31,10 +17,13 @@ rule t2i_prompts:
         eval=f"{TRES}/prompts/eval.jsonl",
     params:
         eval_src=lambda w, input: f"--eval-src {' '.join(input.eval)}" if input.eval else "",
+        out=lambda w, output: parent(output.train),
     log:
         f"{RESULTS}/logs/{T2I['name']}/prompts.log",
+    conda:
+        ENV
     shell:
-        "eam prompts {input.train} {params.eval_src} --domain text --out {TRES}/prompts > {log} 2>&1"
+        "eam prompts {input.train} {params.eval_src} --domain text --out {params.out} > {log} 2>&1"
 
 
 rule t2i_finetune:
@@ -42,23 +31,27 @@ rule t2i_finetune:
         prompts=rules.t2i_prompts.output,
         settings=T2I["settings"],
     output:
-        expand(f"{TRES}/runs/{TRUN}/{{f}}", f=["config.json", "model.safetensors", "metrics.jsonl", "summary.json"],
-               allow_missing=True),
+        expand(f"{TRES}/runs/{RUN}/{{f}}", f=[*MODEL_FILES, "metrics.jsonl", "summary.json"], allow_missing=True),
     params:
+        model=T2I["model"],
+        model_path=T2I["model_path"],
         reward_path=lambda w: weights_arg(w.reward, "--reward-path"),
-        out=f"{TRES}/runs/{TRUN}",
+        guidance=T2I["guidance_scale"],
+        out=lambda w, output: parent(output[0]),
     log:
-        f"{RESULTS}/logs/{T2I['name']}/runs/{TRUN}.log",
+        f"{RESULTS}/logs/{T2I['name']}/runs/{RUN}.log",
+    conda:
+        ENV
     threads: 4
     resources:
         gpu=GPU,
-        runtime=T2I.get("runtime_min", {}).get("finetune", 720),
-        mem_mb=T2I.get("mem_mb", 64000),
+        runtime=T2I_RUNTIME.get("finetune", 720),
+        mem_mb=T2I_MEM,
     shell:
-        "eam finetune --model {T2I[model]} --model-path {T2I[model_path]} --reward {wildcards.reward} "
+        "eam finetune --model {params.model} --model-path {params.model_path} --reward {wildcards.reward} "
         "{params.reward_path} --method {wildcards.method} --lam {wildcards.lam} --seed {wildcards.seed} "
         "--settings {input.settings} --prompts {input.prompts[0]} --eval-prompts {input.prompts[1]} "
-        "--guidance-scale {T2I[guidance_scale]} --out {params.out} --quiet > {log} 2>&1"
+        "--guidance-scale {params.guidance} --out {params.out} --quiet > {log} 2>&1"
 
 
 rule t2i_sample:
@@ -69,22 +62,24 @@ rule t2i_sample:
     output:
         f"{TRES}/samples/{{run}}.safetensors",
     params:
-        model=lambda w: T2I["model_path"] if w.run == "base" else f"{TRES}/runs/{w.run}",
+        model=T2I["model"],
+        model_path=lambda w, input: parent(input.model) if input.model else T2I["model_path"],
+        per_prompt=T2I["eval"]["per_prompt"],
+        steps=T2I["eval"]["steps"],
+        guidance=T2I["guidance_scale"],
     log:
         f"{RESULTS}/logs/{T2I['name']}/samples/{{run}}.log",
+    conda:
+        ENV
     threads: 4
     resources:
         gpu=GPU,
-        runtime=T2I.get("runtime_min", {}).get("sample", 120),
-        mem_mb=T2I.get("mem_mb", 64000),
+        runtime=T2I_RUNTIME.get("sample", 120),
+        mem_mb=T2I_MEM,
     shell:
-        "eam sample --model {T2I[model]} --model-path {params.model} --settings {input.settings} "
-        "--prompts {input.prompts} --per-prompt {T2I[eval][per_prompt]} --steps {T2I[eval][steps]} "
-        "--guidance-scale {T2I[guidance_scale]} --out {output} > {log} 2>&1"
-
-
-T2I_TRUTH = T2I.get("truth")
-T2I_FEATURES = f"{T2I['features']}={T2I_WEIGHTS[T2I['features']]}" if T2I_WEIGHTS.get(T2I["features"]) else T2I["features"]
+        "eam sample --model {params.model} --model-path {params.model_path} --settings {input.settings} "
+        "--prompts {input.prompts} --per-prompt {params.per_prompt} --steps {params.steps} "
+        "--guidance-scale {params.guidance} --out {output} > {log} 2>&1"
 
 
 rule t2i_pool:
@@ -94,18 +89,24 @@ rule t2i_pool:
     output:
         f"{TRES}/truth/pool.safetensors",
     params:
+        model=T2I["model"],
+        model_path=T2I["model_path"],
         per_prompt=(T2I_TRUTH or {}).get("pool_per_prompt"),
+        steps=T2I["eval"]["steps"],
+        guidance=T2I["guidance_scale"],
     log:
         f"{RESULTS}/logs/{T2I['name']}/truth/pool.log",
+    conda:
+        ENV
     threads: 4
     resources:
         gpu=GPU,
-        runtime=T2I.get("runtime_min", {}).get("sample", 120),
-        mem_mb=T2I.get("mem_mb", 64000),
+        runtime=T2I_RUNTIME.get("sample", 120),
+        mem_mb=T2I_MEM,
     shell:
-        "eam sample --model {T2I[model]} --model-path {T2I[model_path]} --settings {input.settings} "
-        "--prompts {input.prompts} --per-prompt {params.per_prompt} --steps {T2I[eval][steps]} "
-        "--guidance-scale {T2I[guidance_scale]} --stream 1 --out {output} > {log} 2>&1"
+        "eam sample --model {params.model} --model-path {params.model_path} --settings {input.settings} "
+        "--prompts {input.prompts} --per-prompt {params.per_prompt} --steps {params.steps} "
+        "--guidance-scale {params.guidance} --stream 1 --out {output} > {log} 2>&1"
 
 
 rule t2i_tilt_truth:
@@ -113,31 +114,26 @@ rule t2i_tilt_truth:
         pool=rules.t2i_pool.output,
         base=f"{TRES}/samples/base.safetensors",
     output:
-        expand(f"{TRES}/truth/{{reward}}/lam{{lam}}/{{f}}", f=["truth.json", "pstar_a.safetensors", "pstar_b.safetensors"],
-               allow_missing=True),
+        expand(f"{TRES}/truth/{TRUTH}/{{f}}", f=TRUTH_FILES, allow_missing=True),
     params:
         reward=lambda w: f"{w.reward}={T2I_WEIGHTS[w.reward]}" if T2I_WEIGHTS.get(w.reward) else w.reward,
         metrics=t2i_metric_args(),
-        out=f"{TRES}/truth/{{reward}}/lam{{lam}}",
+        features=T2I_FEATURES,
+        per_prompt=T2I["eval"]["per_prompt"],
+        out=lambda w, output: parent(output[0]),
     log:
-        f"{RESULTS}/logs/{T2I['name']}/truth/{{reward}}/lam{{lam}}.log",
+        f"{RESULTS}/logs/{T2I['name']}/truth/{TRUTH}.log",
+    conda:
+        ENV
     threads: 4
     resources:
         gpu=GPU,
         runtime=60,
-        mem_mb=T2I.get("mem_mb", 64000),
+        mem_mb=T2I_MEM,
     shell:
         "eam tilt-truth --pool {input.pool} --reward {params.reward} --lam {wildcards.lam} {params.metrics} "
-        "--features {T2I_FEATURES} --base-samples {input.base} --per-prompt {T2I[eval][per_prompt]} "
+        "--features {params.features} --base-samples {input.base} --per-prompt {params.per_prompt} "
         "--out {params.out} > {log} 2>&1"
-
-
-def t2i_pstar(w):
-    """The p* set a run's samples are compared with (none for the base, or without `truth:`)."""
-    if w.run == "base" or not T2I_TRUTH:
-        return []
-    _, reward, lam, _ = w.run.split("/")
-    return f"{TRES}/truth/{reward}/{lam}/pstar_a.safetensors"
 
 
 rule t2i_score:
@@ -153,11 +149,13 @@ rule t2i_score:
         pstar=lambda w, input: f"--pstar {input.pstar}" if input.pstar else "",
     log:
         f"{RESULTS}/logs/{T2I['name']}/scores/{{run}}.log",
+    conda:
+        ENV
     threads: 4
     resources:
         gpu=GPU,
         runtime=60,
-        mem_mb=T2I.get("mem_mb", 64000),
+        mem_mb=T2I_MEM,
     shell:
         "eam score --samples {input.samples} --base-samples {input.base} {params.metrics} "
         "--features {params.features} {params.pstar} --out {output} > {log} 2>&1"
@@ -168,27 +166,25 @@ rule t2i_report:
         runs=expand(f"{TRES}/runs/{{run}}/metrics.jsonl", run=TRUNS),
         scores=expand(f"{TRES}/scores/{{run}}.json", run=TRUNS),
         base=f"{TRES}/scores/base.json",
-        truth=expand(f"{TRES}/truth/{{reward}}/lam{{lam}}/truth.json", reward=T2I["rewards"], lam=T2I["lambdas"])
+        truth=expand(f"{TRES}/truth/{TRUTH}/truth.json", reward=T2I["rewards"], lam=T2I["lambdas"])
         if T2I_TRUTH else [],
         grid=[f"{TRES}/samples/base.safetensors",
               *(f"{TRES}/samples/{m}/{T2I['rewards'][0]}/lam{max(T2I['lambdas'])}/seed{T2I['seeds'][0]}.safetensors"
                 for m in T2I["methods"])],
     output:
-        expand(f"{TRES}/report/{{f}}", f=["reward_vs_time.png", "reward_vs_nfe.png", "tradeoff.png", "samples.png",
-                                          "table.csv", "table.md", "table.tex", "time_to_threshold.csv",
-                                          "time_to_quality.md", "time_to_quality.png",
-                                          *(["verdict.md"] if T2I_TRUTH else [])]),
+        expand(f"{TRES}/report/{{f}}", f=[*REPORT_FILES, *(["verdict.md"] if T2I_TRUTH else [])]),
     params:
-        runs=expand(f"{TRES}/runs/{{run}}", run=TRUNS),
+        runs=lambda w, input: " ".join(parent(p) for p in input.runs),
         truth=lambda w, input: f"--truth {' '.join(input.truth)}" if input.truth else "",
-        grid=" ".join(["base=" + f"{TRES}/samples/base.safetensors",
-                       *(f"{m.upper()}_lam{max(T2I['lambdas'])}={TRES}/samples/{m}/{T2I['rewards'][0]}/"
-                         f"lam{max(T2I['lambdas'])}/seed{T2I['seeds'][0]}.safetensors" for m in T2I["methods"])]),
+        grid=lambda w, input: grid_args(input.grid, T2I["methods"], T2I["lambdas"]),
+        out=lambda w, output: parent(output[0]),
     log:
         f"{RESULTS}/logs/{T2I['name']}/report.log",
+    conda:
+        ENV
     shell:
         "eam finetune-report --runs {params.runs} --scores {input.scores} --base-scores {input.base} "
-        "{params.truth} --grid {params.grid} --out {TRES}/report > {log} 2>&1"
+        "{params.truth} --grid {params.grid} --out {params.out} > {log} 2>&1"
 
 
 rule t2i_all:
