@@ -156,7 +156,9 @@ def _finetune(args):
         settings["eam"] = {**(settings.get("eam") or {}), "base_score": variant}
     for spec in args.set or []:
         _set_key(settings, spec)
-    if args.iters:
+    if args.iters is not None:
+        if args.iters < 1:
+            raise ValueError(f"--iters must be at least 1, got {args.iters}")
         settings.update(iters=args.iters, budget_nfe=None)  # an explicit --iters replaces an NFE budget
     if args.guidance_scale is not None:
         settings["guidance_scale"] = args.guidance_scale

@@ -33,7 +33,7 @@ class Group:
         """The device of this process: "auto" is its own GPU (cuda:LOCAL_RANK) where there are GPUs."""
         if name == "auto":
             return torch.device(f"cuda:{self.local_rank}" if torch.cuda.is_available() else "cpu")
-        return torch.device(name)
+        return check_device(torch.device(name))
 
     def sum_(self, tensors: list[torch.Tensor]):
         """In-place sum over processes (one flattened all-reduce)."""
@@ -73,3 +73,10 @@ class Group:
     def close(self):
         if self.started:
             dist.destroy_process_group()
+
+
+def check_device(device: torch.device) -> torch.device:
+    """A device this machine has: a CUDA device asked for where torch sees none is a one-line error."""
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device} asked for, but torch sees no CUDA GPU here; use --device cpu (or auto)")
+    return device

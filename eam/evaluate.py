@@ -34,6 +34,8 @@ def sample(model_name: str, model_path, prompts_path, per_prompt: int, steps: in
     `stream` selects an independent noise stream (0: the evaluation noise)."""
     if per_prompt < 2:
         raise ValueError(f"--per-prompt must be at least 2 (diversity compares samples of one prompt), got {per_prompt}")
+    if steps < 1:
+        raise ValueError(f"--steps must be at least 1, got {steps}")
     model = lookup("model", model_name).load(model_path, guidance_scale=guidance_scale, **(model_options or {})).eval()
     device = resolve_device("auto")
     model.to(device)

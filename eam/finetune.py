@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from . import adapters  # noqa: F401  (registers the model adapters)
 from .checkpoint import load_training_state, rng_state, save_training_state, set_rng_state, weights_stamp
-from .distributed import Group
+from .distributed import Group, check_device
 from .io import write_json, write_text
 from .losses import AMConfig, EAMConfig, QuantileClipper, am_loss, eam_loss
 from .prompts import PromptBatch, load_prompt_set
@@ -139,7 +139,8 @@ def _build(model_name, model_path, reward_name, reward_path, cfg: "FinetuneConfi
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    return check_device(torch.device(name))
+
 
 
 def run_identity(cfg: FinetuneConfig, model_name: str, model_path, reward_name: str) -> dict:
@@ -234,10 +235,10 @@ def _finetune(cfg, model_name, model_path, reward_name, reward_path, train_promp
     if cfg.shards % group.world:
         raise ValueError(f"fine-tuning shards {cfg.shards} must be a multiple of the number of processes {group.world}")
     out, work = Path(out), Path(str(out) + ".work")
-    work.mkdir(parents=True, exist_ok=True)
     train, evals = load_prompt_set(train_prompts), load_prompt_set(eval_prompts)
     device = group.device(cfg.device)
     base, model, reward, correction = _build(model_name, model_path, reward_name, reward_path, cfg, device)
+    work.mkdir(parents=True, exist_ok=True)  # only once prompts, device and weights are known good
     cfg = cfg.with_budget(model.cost)
     shape = tuple(model.sample_shape)
     ref = LinearReference(model.interpolant)

@@ -196,6 +196,22 @@ def test_corrected_fits_its_correction_on_base_samples_then_uses_it(tiny, tmp_pa
     assert last["nfe_model_train"] == 3 * B * M
 
 
+@pytest.mark.parametrize("extra,needle", [
+    (["--iters", "0"], "--iters must be at least 1, got 0"),
+    (["--device", "cuda:0"], "device cuda:0 asked for, but torch sees no CUDA GPU here"),
+])
+def test_bad_run_arguments_stop_in_one_line_and_leave_nothing(tiny, tmp_path, extra, needle):
+    """Nothing silently changed (`--iters 0` once ran the default 300), no traceback, no OUT.work/ left."""
+    if torch.cuda.is_available() and extra[0] == "--device":
+        pytest.skip("this machine has a GPU")
+    out = tmp_path / "run"
+    r = subprocess.run([*_finetune_cmd(tiny, out, 3), *extra], capture_output=True, text=True,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode != 0 and needle in lines[-1] and "Traceback" not in r.stderr, r.stderr
+    assert not out.exists() and not Path(str(out) + ".work").exists()
+
+
 def test_bad_settings_are_rejected_in_one_line():
     with pytest.raises(ValueError, match="unknown fine-tuning setting 'learning_rate'"):
         FinetuneConfig.from_dict({"learning_rate": 1})
