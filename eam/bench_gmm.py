@@ -188,6 +188,9 @@ def _train(model, base, reward, lam: float, method: str, cfg: GMMTrainConfig, ca
             ledger.add(out.nfe)
         if eval_fn is not None and (it % cfg.eval_every == 0 or it == cfg.iters):
             curve.append({"iter": it, "wall_clock_s": ledger.seconds, "nfe_total": ledger.total(), **eval_fn(ema.model)})
+            if not progress:  # a line per evaluation in a rule's log
+                print(f"{desc}: iteration {it}/{cfg.iters}, sliced_w2 {curve[-1]['sliced_w2']:.3f}, "
+                      f"{ledger.seconds:.0f} s", flush=True)
     return ema.model, ledger, curve
 
 

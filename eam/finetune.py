@@ -335,6 +335,9 @@ def _finetune(cfg, model_name, model_path, reward_name, reward_path, train_promp
                    "nfe_total": ledger.total(), **{f"nfe_{k}": v for k, v in ledger.nfe.items()}}
             if group.main and (it % cfg.eval_every == 0 or it == cfg.iters):
                 row["eval_reward"] = evaluate()
+                if not progress:  # a line per evaluation, so that a rule's log shows where the run is
+                    print(f"{label} λ={cfg.lam:g} seed {cfg.seed}: iteration {it}/{cfg.iters}, loss {loss:.4g}, "
+                          f"eval reward {row['eval_reward']:.4f}, {ledger.seconds:.0f} s", flush=True)
             log.write(json.dumps(row) + "\n")
             flag = group.summed(torch.tensor([float(stop.signum or 0)]), device)  # all stop at the same iteration
             signum = stop.signum or (int(signal.SIGTERM) if flag.item() else None)

@@ -79,3 +79,29 @@ def test_set_overrides_a_training_setting(tmp_path):
            "--out", str(tmp_path / "x.json")]
     p = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1 and "eam.steps" in p.stderr
+
+
+def test_every_subcommand_and_flag_has_help():
+    """`eam CMD --help` starts with a description and documents every flag (with its default)."""
+    import argparse
+
+    from eam.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    assert len(sub.choices) >= 11
+    for name, parser in sub.choices.items():
+        assert parser.description, name
+        assert parser.formatter_class is argparse.ArgumentDefaultsHelpFormatter, name
+        undocumented = [a.dest for a in parser._actions if not a.help]
+        assert not undocumented, (name, undocumented)
+
+
+def test_set_reads_numbers_as_numbers():
+    """`--set lr=1e-4`: PyYAML reads 1e-4 (no dot) as a string; --set gives the number."""
+    from eam.cli import _set_key
+
+    settings = {"eam": {"ode_steps": 8}}
+    for spec in ("lr=1e-4", "eam.sampler=base", "eam.ode_steps=4", "grad_clip=null", "model.lora.rank=8"):
+        _set_key(settings, spec)
+    assert settings == {"lr": 1e-4, "eam": {"ode_steps": 4, "sampler": "base"}, "grad_clip": None,
+                        "model": {"lora": {"rank": 8}}}

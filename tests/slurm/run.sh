@@ -36,8 +36,8 @@ runuser -u munge -- /usr/sbin/munged --force --pid-file=/run/munge/eam-ci.pid --
 timeout 10 bash -c 'until munge -n | unmunge >/dev/null 2>&1; do sleep 0.2; done' || fail "munge does not answer"
 
 # slurm.conf: this machine as node "localhost", two partitions, and two GPUs declared as a generic
-# resource without device files (slurmd only counts them), so that a GPU request is scheduled and
-# recorded; no accounting database, so jobs must stay visible to squeue long enough for Snakemake's
+# resource on two stand-in device files (character devices like /dev/null: slurmd only counts them, no
+# cgroup constrains them), so that a GPU request is scheduled and recorded; no accounting database, so jobs must stay visible to squeue long enough for Snakemake's
 # status checks (MinJobAge).
 node="$(slurmd -C | head -n 1 | sed -E 's/^NodeName=[^ ]+/NodeName=localhost/') Gres=gpu:2"
 mkdir -p /etc/slurm "$WORK/state" "$WORK/spool"
@@ -70,7 +70,9 @@ $node State=UNKNOWN
 PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP
 PartitionName=second Nodes=localhost MaxTime=INFINITE State=UP
 CONF
-echo "NodeName=localhost Name=gpu Count=2" > /etc/slurm/gres.conf
+mkdir -p "$WORK/dev"
+for i in 0 1; do mknod -m 666 "$WORK/dev/gpu$i" c 1 3; done
+echo "NodeName=localhost Name=gpu File=$WORK/dev/gpu[0-1]" > /etc/slurm/gres.conf
 slurmctld -i || fail "slurmctld did not start"
 slurmd -N localhost || fail "slurmd did not start"
 timeout 60 bash -c 'until [ "$(sinfo -h -N -o %T 2>/dev/null | sort -u)" = idle ]; do sleep 1; done' \
