@@ -2,7 +2,7 @@
 # `snakemake --profile profiles/slurm all` the same DAG on a cluster; `--configfile config/sd3.yaml`
 # (or sd15.yaml) the paper-scale text-to-image benchmark; `--configfile config/bench.yaml` the
 # per-iteration cost benchmark at SD3-medium and SD1.5 shapes (random weights, one GPU).
-from snakemake.utils import min_version, validate
+from snakemake.utils import min_version
 
 min_version("9.0")
 
@@ -10,10 +10,10 @@ min_version("9.0")
 configfile: "config/config.yaml"
 
 
-validate(config, "workflow/schemas/config.schema.yaml")
-
-
 include: "workflow/rules/common.smk"
+
+
+validate_config(config, "workflow/schemas/config.schema.yaml")
 
 
 # Each benchmark section of the config is optional (config/sd3.yaml sets gmm and digits to null).

@@ -15,7 +15,7 @@ SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 
 
 def _workdir(tmp_path: Path) -> Path:
-    for name in ("Snakefile", "workflow", "config"):
+    for name in ("Snakefile", "workflow", "config", "environment.yml"):  # every rule names environment.yml
         src = ROOT / name
         (shutil.copytree if src.is_dir() else shutil.copy)(src, tmp_path / name)
     return tmp_path
@@ -40,9 +40,7 @@ def test_dry_run_of_all_on_the_default_config(tmp_path):
 def test_lint_is_clean(tmp_path, configfile):
     """`snakemake --lint` passes (functions in common.smk, every path from input/output, a conda env per rule)
     and the schema's draft is one Snakemake validates without warnings."""
-    wd = _workdir(tmp_path)
-    (wd / "environment.yml").write_text((ROOT / "environment.yml").read_text())
-    p = _snakemake(wd, "--lint", "--configfile", configfile)
+    p = _snakemake(_workdir(tmp_path), "--lint", "--configfile", configfile)
     out = p.stdout + p.stderr
     assert p.returncode == 0 and "Congratulations, your workflow is in a good condition" in out, out[-3000:]
     assert "No validator found for JSON Schema" not in out
@@ -127,3 +125,22 @@ def test_bad_config_is_rejected(tmp_path, bad, needle):
     (wd / "bad.yaml").write_text(bad)
     p = _snakemake(wd, "-n", "all", "--configfile", "bad.yaml")
     assert p.returncode != 0 and needle in p.stderr + p.stdout
+
+
+@pytest.mark.parametrize("config,settings,line", [
+    ("digits:\n  lamdas: [0]\n", None,  # a misspelt key: one line naming it (snakemake's own check printed 106)
+     "config digits: Additional properties are not allowed ('lamdas' was unexpected) (see config/README.md)"),
+    ("digits:\n  settings: s.yaml\n", "iters: 10\nlearning_rate: 3\n",  # checked at DAG start, not in the first job
+     "s.yaml: unknown fine-tuning setting 'learning_rate'"),
+    ("digits:\n  settings: s.yaml\n", "iters: 10\neam: {ode_steps: [3\n",  # a YAML error names file and line
+     "s.yaml, line 3: not valid YAML"),
+])
+def test_config_and_settings_errors_are_one_line(tmp_path, config, settings, line):
+    wd = _workdir(tmp_path)
+    (wd / "bad.yaml").write_text(config)
+    if settings:
+        (wd / "s.yaml").write_text(settings)
+    p = _snakemake(wd, "-n", "all", "--configfile", "bad.yaml")
+    out = p.stdout + p.stderr
+    assert p.returncode != 0 and any(l.startswith(line) for l in out.splitlines()), out[-2000:]
+    assert len([l for l in out.splitlines() if l.strip() and not l.startswith("  File ")]) <= 4, out

@@ -83,7 +83,7 @@ say "SLURM up in $(( $(date +%s) - START )) s: $(sinfo -h -N -o '%N %T %c CPUs' 
 # second partition with 2 threads and one GPU each (as the t2i rules ask), to check what the profile hands to sbatch
 RUN="$WORK/run"
 mkdir -p "$RUN/tests"
-cp -r "$ROOT/Snakefile" "$ROOT/workflow" "$ROOT/config" "$ROOT/profiles" "$RUN/"
+cp -r "$ROOT/Snakefile" "$ROOT/workflow" "$ROOT/config" "$ROOT/profiles" "$ROOT/environment.yml" "$RUN/"
 cp -r "$ROOT/tests/data" "$RUN/tests/"
 cd "$RUN"
 # no slurmdbd here: query squeue, not sacct (the profile's default, for clusters with accounting)

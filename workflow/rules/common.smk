@@ -31,11 +31,39 @@ def check_files(paths, what):
             raise WorkflowError(f"{what} {p} not found; add it or remove it from config/config.yaml")
 
 
+def validate_config(config, schema_path):
+    """The config against its schema, the first problem as one line naming the key (config/README.md lists them)."""
+    import jsonschema
+    import yaml
+
+    with open(schema_path) as f:
+        schema = yaml.safe_load(f)
+    error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(schema).iter_errors(config))
+    if error is not None:
+        key = ".".join(str(k) for k in error.absolute_path) or "(top level)"
+        raise WorkflowError(f"config {key}: {error.message.splitlines()[0]} (see config/README.md)")
+
+
 def _settings(path):
     import yaml
 
-    with open(path) as f:
-        return yaml.safe_load(f) or {}
+    try:
+        with open(path) as f:
+            return yaml.safe_load(f) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}, line {mark.line + 1}" if mark else path
+        raise WorkflowError(f"{where}: not valid YAML ({getattr(e, 'problem', None) or e})") from None
+
+
+def check_settings(path):
+    """A fine-tuning settings file, checked when the DAG is built rather than when the first job reads it."""
+    from eam.finetune import FinetuneConfig
+
+    try:
+        FinetuneConfig.from_dict(_settings(path))
+    except (ValueError, TypeError) as e:
+        raise WorkflowError(f"{path}: {e}") from None
 
 
 def settings_eam(path):

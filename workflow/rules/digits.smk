@@ -3,6 +3,7 @@
 # -> evaluation samples (fixed seeds) -> every metric -> figures and tables.
 # Its settings, run list and path helpers are in common.smk (DIG, DRES, RUNS, reward_dir, ...).
 check_files([DIG["prompts"], DIG["settings"]], "digits input file")
+check_settings(DIG["settings"])
 if not set(DIG["rewards"]) <= set(DIG["metrics"]):
     raise WorkflowError(f"digits.rewards {sorted(set(DIG['rewards']) - set(DIG['metrics']))} must also be listed "
                         "in digits.metrics (the report compares the training reward across runs)")

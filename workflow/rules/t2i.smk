@@ -3,6 +3,7 @@
 # prompts -> AM/EAM fine-tuning (method x reward x lambda x seed) -> evaluation samples -> metrics -> report.
 # Its settings, run list and path helpers are in common.smk (T2I, TRES, TRUNS, weights_arg, ...).
 check_files([*T2I["prompts"]["train"], *T2I["prompts"].get("eval", []), T2I["settings"]], "t2i input file")
+check_settings(T2I["settings"])
 if not set(T2I["rewards"]) <= set(T2I["metrics"]):
     raise WorkflowError(f"t2i.rewards {sorted(set(T2I['rewards']) - set(T2I['metrics']))} must also be listed "
                         "in t2i.metrics (the report compares the training reward across runs)")
