@@ -8,6 +8,7 @@ import csv
 import io
 import json
 import math
+import textwrap
 from collections import defaultdict
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.ticker import EngFormatter  # noqa: E402
 
 from .io import atomic_path, write_text  # noqa: E402
 
@@ -198,7 +200,7 @@ def _curves(runs, key, xlabel, path, truth=None):
             xs = np.array([[p[key] for p in r["curve"][:n]] for r in rs])
             ys = np.array([[p["eval_reward"] for p in r["curve"][:n]] for r in rs])
             x = xs.mean(0)
-            ax.plot(x, ys.mean(0), color=_color(method), marker="o", ms=3, label=f"{method.upper()} (mean of {len(rs)} seeds)")
+            ax.plot(x, ys.mean(0), color=_color(method), marker="o", ms=3, label=f"{method.upper()} " + (f"(mean of {len(rs)} seeds)" if len(rs) > 1 else "(1 seed)"))
             ax.fill_between(x, ys.min(0), ys.max(0), color=_color(method), alpha=0.2, lw=0)
         t = (truth or {}).get(k) if k[1] > 0 else None  # λ = 0: p* is the base itself
         if t is not None:
@@ -207,7 +209,7 @@ def _curves(runs, key, xlabel, path, truth=None):
             ax.axhline(start + 0.9 * (star - start), color="k", ls=":", lw=1, label="90% of the base → p* gap")
         ax.set(title=f"reward {k[0]}, λ = {k[1]:g}", xlabel=xlabel,
                ylabel=f"{k[0]}, training-time eval batch")
-        ax.ticklabel_format(axis="x", style="sci", scilimits=(-3, 4))
+        ax.xaxis.set_major_formatter(EngFormatter(sep=""))  # 20k, 1.5M: no offset text beside the axis label
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, title="band: min–max over seeds", title_fontsize=7)
     with atomic_path(path) as tmp:
@@ -240,6 +242,12 @@ def _tradeoff(runs, base, path):
     plt.close(fig)
 
 
+def _row_label(label: str) -> str:
+    """A grid row's label as a reader says it: AM_lam10 -> "AM, λ = 10"."""
+    method, sep, lam = label.rpartition("_lam")
+    return f"{method}, λ = {lam}" if sep and method else label
+
+
 def _grid(samples: dict, path, per_prompt_shown: int = 4):
     """Rows: base and each shown run; columns: the evaluation prompts, a few seeds each."""
     from .evaluate import load_samples
@@ -262,10 +270,11 @@ def _grid(samples: dict, path, per_prompt_shown: int = 4):
             ax.set_xticks([])
             ax.set_yticks([])
             if i == 0:
-                ax.set_title(texts[j], fontsize=6)
+                ax.set_title(textwrap.fill(texts[j], 16), fontsize=6)
             if j == 0:
-                ax.set_ylabel(label, fontsize=7)
+                ax.set_ylabel(_row_label(label), fontsize=7)
     fig.suptitle("evaluation samples (same seeds in every row)", fontsize=9)
+    fig.tight_layout(rect=(0, 0, 1, 0.95))
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
