@@ -79,15 +79,14 @@ def test_score_by_hand(aes):
     torch.testing.assert_close(reward.score_pil(pil), h[:, 0], rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("shape", [(64, 64), (48, 80), (90, 50), (200, 300)])
+@pytest.mark.parametrize("shape", [(64, 64), (48, 80), (90, 50), (93, 50), (200, 300)])
 def test_torch_path_matches_pil_path(aes, shape):
     """Tolerance 0.1 score points, against a spread of more than 1 point between the images: the
     paths differ by 8-bit rounding and by PIL's bicubic (on uint8, rounded) against torch's
-    antialiased bicubic (measured ≤ 0.05 over six seeds). Shapes where both paths place the crop
-    alike: torchvision's CenterCrop (OpenAI's transform) rounds a half-pixel offset to even, while
-    `clip_preprocess` floors it like transformers' CLIP processors, so where the resized long side
-    exceeds the crop by 4k+3 pixels (93×50 → 59 px) the crop moves by one pixel of the model's
-    input: up to 0.7 points on this 32-px model, far less at CLIP's 224 px."""
+    antialiased bicubic (measured ≤ 0.05 over six seeds). Both paths place the crop as torchvision's
+    CenterCrop (OpenAI's transform) does, a half-pixel offset rounded to even, including where the
+    resized long side exceeds the crop by 4k+3 pixels (93×50 → 59 px; a floored offset would move the
+    crop by one pixel: 0.7 points on this 32-px model)."""
     reward = load_reward("aesthetics", aes[0])
     x = smooth_images(4, *shape, seed=1)
     with torch.no_grad():
