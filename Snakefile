@@ -10,10 +10,7 @@ min_version("9.0")
 configfile: "config/config.yaml"
 
 
-include: "workflow/rules/common.smk"
-
-
-validate_config(config, "workflow/schemas/config.schema.yaml")
+include: "workflow/rules/common.smk"  # validates the config against workflow/schemas/ first
 
 
 # Each benchmark section of the config is optional (config/sd3.yaml sets gmm and digits to null).

@@ -197,6 +197,8 @@ def _train(model, base, reward, lam: float, method: str, cfg: GMMTrainConfig, ca
 def correction_config(cfg: GMMTrainConfig) -> GMMTrainConfig:
     """The fit of `corrected`'s correction network (§5.5): the run's EAM settings with the endpoint target at
     λ = 0 and x_1 from the frozen base."""
+    if cfg.correction_iters is not None and cfg.correction_iters < 1:
+        raise ValueError(f"correction_iters must be at least 1 (or null: 3 × iters), got {cfg.correction_iters}")
     return replace(cfg, iters=cfg.correction_iters or 3 * cfg.iters,
                    eam=replace(cfg.eam, base_score="endpoint", sampler="base"))
 

@@ -155,7 +155,11 @@ def _finetune(args):
     if variant:
         settings["eam"] = {**(settings.get("eam") or {}), "base_score": variant}
     for spec in args.set or []:
+        if spec.partition("=")[0] in ("method", "lam", "seed"):
+            raise ValueError(f"--set {spec}: use --{spec.partition('=')[0]} for that")
         _set_key(settings, spec)
+        if spec.startswith("iters="):
+            settings["budget_nfe"] = None  # as --iters: an explicit length replaces an NFE budget
     if args.iters is not None:
         if args.iters < 1:
             raise ValueError(f"--iters must be at least 1, got {args.iters}")

@@ -144,9 +144,13 @@ def resolve_device(name: str) -> torch.device:
 
 
 def run_identity(cfg: FinetuneConfig, model_name: str, model_path, reward_name: str) -> dict:
-    """What a checkpoint must have been written with to be resumed: settings, model, reward, base weights."""
-    return {"config": json.dumps(asdict(cfg), sort_keys=True), "model": model_name, "reward": reward_name,
-            "base_weights_mtime": weights_stamp(model_path)}
+    """What a checkpoint must have been written with to be resumed: settings, model, reward, base weights
+    (and, for `corrected`, the correction network's weights)."""
+    identity = {"config": json.dumps(asdict(cfg), sort_keys=True), "model": model_name, "reward": reward_name,
+                "base_weights_mtime": weights_stamp(model_path)}
+    if cfg.method == "eam" and cfg.eam.base_score == "corrected":
+        identity["correction_weights_mtime"] = weights_stamp(cfg.eam.correction)
+    return identity
 
 
 def eval_batch(records: list[dict], per_prompt: int, shape, stream: int = 0) -> tuple[torch.Tensor, PromptBatch]:

@@ -36,13 +36,26 @@ def pytest_addoption(parser):
                      help="also run the minute-long `slow` tests (the full tier; CI=true implies it)")
 
 
-def _full_tier(config) -> bool:
-    return config.getoption("--slow") or os.environ.get("CI") == "true" or "slow" in (config.getoption("-m") or "")
+def _tier(config) -> str:
+    """full: --slow or CI=true; chosen: a -m expression other than the default, or test ids named on the
+    command line (the user's selection decides, slow or not); fast otherwise."""
+    if config.getoption("--slow") or os.environ.get("CI") == "true":
+        return "full"
+    if (config.getoption("-m") or "") not in ("", "not known_gap") or any("::" in a for a in config.args):
+        return "chosen"
+    return "fast"
 
 
 def pytest_report_header(config):
-    return "tier: full (slow tests included)" if _full_tier(config) else \
-        "tier: fast (slow tests deselected; --slow or CI=true runs the full tier)"
+    return {"full": "tier: full (slow tests included)",
+            "chosen": "tier: as selected by -m or test ids (slow tests not dropped)",
+            "fast": "tier: fast (slow tests deselected; --slow or CI=true runs the full tier)"}[_tier(config)]
+
+
+def _minutes(item) -> float:
+    """A slow test's measured minutes: the largest `slow(minutes=...)` among its marks (a parameter's own
+    mark can be longer than its function's)."""
+    return max((m.kwargs.get("minutes", 1) for m in item.iter_markers("slow")), default=0)
 
 
 def pytest_collection_modifyitems(config, items):
@@ -50,10 +63,9 @@ def pytest_collection_modifyitems(config, items):
     `--dist loadgroup` (the README's test command) each test is its own unit and a worker takes the next one
     when it is free, so the long ones spread over the workers instead of one of them ending the run alone."""
     def order(item):
-        slow = item.get_closest_marker("slow")
-        return (slow is None, -(slow.kwargs.get("minutes", 1) if slow else 0))
+        return (item.get_closest_marker("slow") is None, -_minutes(item))
 
-    if not _full_tier(config):
+    if _tier(config) == "fast":
         slow = [item for item in items if item.get_closest_marker("slow")]
         if slow:
             config.hook.pytest_deselected(items=slow)

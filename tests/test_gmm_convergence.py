@@ -1,5 +1,5 @@
 """method.md §7.6 and issue acceptance: on the non-stress 2-D cases, AM and EAM (`endpoint` at δ = 0.05,
-and `exact`) fine-tuned with the `eam gmm` defaults reach sliced-W2 ≤ 1.5 × floor + 0.02 against exact
+`exact`, and `corrected` on mix2d_linear) fine-tuned with the `eam gmm` defaults reach sliced-W2 ≤ 1.5 × floor + 0.02 against exact
 samples of the tilted mixture; `bridge` stays clearly off (its documented bias). Minutes each: marked slow,
 run in CI."""
 import json

@@ -142,11 +142,13 @@ def test_nfe_per_sample_equals_what_the_losses_count():
                    AMConfig(n_steps=10, n_last=3, n_random=4, guidance_in_adjoint=True)):
             out = am_loss(model, base, reward, 1.0, torch.randn(B, 2), am)
             assert sum(out.nfe.values()) == B * am.nfe_per_sample(model_cost), am
-        for bs in ("residual", "endpoint", "exact", "bridge"):
+        for bs in ("residual", "corrected", "endpoint", "exact", "bridge"):
             for method in ("euler", "heun"):
-                eam = EAMConfig(ode_steps=3, ode_method=method, n_times=5, base_score=bs)
-                out = eam_loss(model, base, reward, 1.0, torch.randn(B, 2), ref, eam, exact_score=mix.score)
-                assert sum(out.nfe.values()) == B * eam.nfe_per_sample(model_cost), (bs, method)
+                for sampler in ("model", "base"):
+                    eam = EAMConfig(ode_steps=3, ode_method=method, n_times=5, base_score=bs, sampler=sampler)
+                    out = eam_loss(model, base, reward, 1.0, torch.randn(B, 2), ref, eam, exact_score=mix.score,
+                                   correction=base)
+                    assert sum(out.nfe.values()) == B * eam.nfe_per_sample(model_cost), (bs, method, sampler)
 
 
 def test_am_guides_only_its_sampled_trajectory_by_default():
@@ -245,3 +247,37 @@ def test_clipping_quantile_is_gathered_over_processes(tmp_path):
         assert got["value"] == pytest.approx(one.value, rel=1e-6)
         for m, g in zip(masks, got["masks"]):
             assert g == m[rank * 30:(rank + 1) * 30].tolist()
+
+
+class _Shifted(VelocityModel):
+    """v(x, t) + c: a velocity model moved by a constant vector."""
+
+    def __init__(self, inner: VelocityModel, c: torch.Tensor):
+        super().__init__(inner.interpolant)
+        self.inner, self.c = inner, c
+
+    def velocity(self, x, t, cond=None):
+        return self.inner(x, t, cond) + self.c
+
+
+def test_corrected_adds_the_base_minus_its_correction_to_the_endpoint_target():
+    """(5.5b) target_corr = target_endpoint + v_base - u: with u = the base, `corrected` is `endpoint`; with
+    u = base + c, its loss is `endpoint`'s for the model moved by +c (x_1 from the frozen base in both, so
+    nothing else moves). A correction that is loaded but ignored fails the second check."""
+    mix = GaussianMixture([0.5, 0.5], [[-1.0, 0.0], [1.0, 0.5]], [[[0.3, 0.0], [0.0, 0.2]]] * 2)
+    base = GMMVelocity(mix, RectifiedFlow())
+    model = ResidualVelocity(GMMVelocity(mix, RectifiedFlow()), MLP(2, hidden=16, depth=2))
+    for p in model.residual.parameters():
+        torch.nn.init.normal_(p, std=0.3)  # a model away from the base
+    reward, ref, c = LinearReward([1.0, -0.5]), LinearReference(RectifiedFlow()), torch.tensor([0.3, -0.2])
+    x0 = torch.randn(64, 2, generator=torch.Generator().manual_seed(1))
+
+    def loss(base_score, m, correction):
+        cfg = EAMConfig(ode_steps=4, ode_method="euler", n_times=3, base_score=base_score, sampler="base")
+        return eam_loss(m, base, reward, 2.0, x0, ref, cfg, generator=torch.Generator().manual_seed(2),
+                        correction=correction).loss.detach()
+
+    torch.testing.assert_close(loss("corrected", model, base), loss("endpoint", model, None), rtol=1e-6, atol=0)
+    torch.testing.assert_close(loss("corrected", model, _Shifted(base, c)),
+                               loss("endpoint", _Shifted(model, c), None), rtol=1e-5, atol=0)
+    assert not torch.allclose(loss("corrected", model, _Shifted(base, c)), loss("endpoint", model, None), rtol=1e-3)

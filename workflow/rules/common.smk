@@ -3,6 +3,23 @@ from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 
+
+def validate_config(config, schema_path):
+    """The config against its schema, the first problem as one line naming the key (config/README.md lists them)."""
+    import jsonschema
+    import yaml
+
+    with open(schema_path) as f:
+        schema = yaml.safe_load(f)
+    error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(schema).iter_errors(config))
+    if error is not None:
+        key = ".".join(str(k) for k in error.absolute_path) or "(top level)"
+        raise WorkflowError(f"config {key}: {error.message.splitlines()[0]} (see config/README.md)")
+
+
+validate_config(config, "workflow/schemas/config.schema.yaml")  # before anything below reads the config
+
+
 RESULTS = "results"
 ENV = "../../environment.yml"  # every rule's software (the same pins as pyproject.toml), for --sdm conda
 REPORT_FILES = ["reward_vs_time.png", "reward_vs_nfe.png", "tradeoff.png", "samples.png", "table.csv", "table.md",
@@ -31,19 +48,6 @@ def check_files(paths, what):
             raise WorkflowError(f"{what} {p} not found; add it or remove it from config/config.yaml")
 
 
-def validate_config(config, schema_path):
-    """The config against its schema, the first problem as one line naming the key (config/README.md lists them)."""
-    import jsonschema
-    import yaml
-
-    with open(schema_path) as f:
-        schema = yaml.safe_load(f)
-    error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(schema).iter_errors(config))
-    if error is not None:
-        key = ".".join(str(k) for k in error.absolute_path) or "(top level)"
-        raise WorkflowError(f"config {key}: {error.message.splitlines()[0]} (see config/README.md)")
-
-
 def _settings(path):
     import yaml
 
@@ -58,32 +62,49 @@ def _settings(path):
 
 def check_settings(path):
     """A fine-tuning settings file, checked when the DAG is built rather than when the first job reads it."""
-    from eam.finetune import FinetuneConfig
-
+    settings, package = _settings(path), _eam_package()
+    if package is None:
+        return
     try:
-        FinetuneConfig.from_dict(_settings(path))
+        package.FinetuneConfig.from_dict(settings)
     except (ValueError, TypeError) as e:
         raise WorkflowError(f"{path}: {e}") from None
 
 
-def settings_eam(path):
-    """The EAM settings (eam.losses.EAMConfig) a fine-tuning settings file gives, defaults filled in."""
-    from eam.losses import EAMConfig
+def _eam_package():
+    """The installed `eam` package, or None where Snakemake runs without it (e.g. --sdm conda from a bare
+    Snakemake): then settings are checked by the first job that reads them, and defaults come from the schema's
+    documentation (the EAM variant `residual`)."""
+    try:
+        import eam.finetune
 
-    return EAMConfig(**(_settings(path).get("eam") or {}))
+        return eam.finetune
+    except ImportError:
+        return None
+
+
+def settings_base_score(path):
+    """The EAM variant a fine-tuning settings file selects (its eam.base_score, else the default)."""
+    chosen = (_settings(path).get("eam") or {}).get("base_score")
+    if chosen:
+        return chosen
+    package = _eam_package()
+    return package.EAMConfig().base_score if package else "residual"
 
 
 CORRECTION_FIT = 3  # `corrected`: its correction network is fitted 3x as long as a run (docs/method.md §5.5)
 
 
 def correction_fit_args(path):
-    """The correction fit's length: CORRECTION_FIT times the settings' NFE budget (or iterations)."""
-    from eam.finetune import FinetuneConfig
-
-    cfg = FinetuneConfig.from_dict({k: v for k, v in _settings(path).items()})
-    if cfg.budget_nfe is not None:
-        return f"--set budget_nfe={CORRECTION_FIT * int(cfg.budget_nfe)}"
-    return f"--iters {CORRECTION_FIT * cfg.iters}"
+    """The correction fit's length: CORRECTION_FIT times the settings' NFE budget, or else its iterations."""
+    settings, package = _settings(path), _eam_package()
+    budget, iters = settings.get("budget_nfe"), settings.get("iters")
+    if package is not None:
+        cfg = package.FinetuneConfig.from_dict(settings)
+        budget, iters = cfg.budget_nfe, cfg.iters
+    if budget is not None:
+        return f"--set budget_nfe={CORRECTION_FIT * int(budget)}"
+    return f"--iters {CORRECTION_FIT * int(iters)}" if iters is not None else ""
 
 
 onstart:
@@ -112,7 +133,7 @@ def needs_correction(method):
     """Whether an EAM run (eam: the settings file's variant; eam-VARIANT) uses the correction network."""
     if not method.startswith("eam"):
         return False
-    return (method.partition("-")[2] or settings_eam(DIG["settings"]).base_score) == "corrected"
+    return (method.partition("-")[2] or settings_base_score(DIG["settings"])) == "corrected"
 
 
 def reward_dir(name):

@@ -94,7 +94,7 @@ rule digits_correction:
     priority: 5
     threads: 1
     resources:
-        runtime=60,
+        runtime=180,  # CORRECTION_FIT x a run
     shell:  # docs/method.md §5.5: the λ = 0 endpoint fit with x_1 from the frozen base (the reward is unused)
         "OMP_NUM_THREADS={threads} eam finetune --model digits_flow --model-path {params.base} "
         "--reward digit_classifier --reward-path {params.reward} --method eam-endpoint --lam 0 "
