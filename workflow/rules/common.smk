@@ -17,7 +17,8 @@ def validate_config(config, schema_path):
         raise WorkflowError(f"config {key}: {error.message.splitlines()[0]} (see config/README.md)")
 
 
-validate_config(config, "workflow/schemas/config.schema.yaml")  # before anything below reads the config
+# before anything below reads the config; the schema beside the Snakefile, whatever --directory is
+validate_config(config, Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml")
 
 
 RESULTS = "results"
