@@ -11,6 +11,7 @@ import os
 import platform
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 TOL = 1e-5
@@ -153,3 +154,20 @@ def other_columns(paths, images_sha1: str) -> dict[str, dict]:
         print(f"column {other['column']!r} from {path}: {other['versions']}")
         out[other["column"]] = other["scores"]
     return out
+
+
+def split_run_args(doc: str, build_help: str, prefix: str):
+    """The command line shared by the scripts that build weights in one environment and score the project in
+    another: --workdir, --build-only, --project-only, --project-scores. Returns (args, work folder)."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("--workdir", help="where the weights go (default: a fresh temporary folder)")
+    ap.add_argument("--build-only", action="store_true", help=build_help)
+    ap.add_argument("--project-only", metavar="OUT.json", help="only score with the project, into OUT.json")
+    ap.add_argument("--project-scores", metavar="IN.json", action="append", default=[],
+                    help="a --project-only output from another environment, as an extra column")
+    args = ap.parse_args()
+    work = Path(args.workdir or tempfile.mkdtemp(prefix=prefix))
+    work.mkdir(parents=True, exist_ok=True)
+    return args, work

@@ -26,11 +26,9 @@ and, with `--project-scores`, from a `--project-only` run in the project's pinne
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import sys
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -124,15 +122,7 @@ def project_scores(work: Path) -> dict:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--workdir", help="where the weights go (default: a fresh temporary folder)")
-    ap.add_argument("--build-only", action="store_true", help="only build the weights (needs clip, image-reward, transformers 4.x)")
-    ap.add_argument("--project-only", metavar="OUT.json", help="only score with the project, into OUT.json")
-    ap.add_argument("--project-scores", metavar="IN.json", action="append", default=[],
-                    help="a --project-only output from another environment, as an extra column")
-    args = ap.parse_args()
-    work = Path(args.workdir or tempfile.mkdtemp(prefix="aesthetics_ref_"))
-    work.mkdir(parents=True, exist_ok=True)
+    args, work = C.split_run_args(__doc__, "only build the weights (needs clip, image-reward, transformers 4.x)", "aesthetics_ref_")
     C.offline_hf(work / "hf" / "hub")  # nothing is fetched from the hub; make sure of it
     import torch
     torch.set_num_threads(1)

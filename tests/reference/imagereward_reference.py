@@ -30,12 +30,10 @@ with both and prints the table.
 """
 from __future__ import annotations
 
-import argparse
 import gc
 import hashlib
 import json
 import sys
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -135,15 +133,7 @@ def project_scores(work: Path) -> dict:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--workdir", help="where the weights go (default: a fresh temporary folder)")
-    ap.add_argument("--build-only", action="store_true", help="only build the weights (needs image-reward)")
-    ap.add_argument("--project-only", metavar="OUT.json", help="only score with the project, into OUT.json")
-    ap.add_argument("--project-scores", metavar="IN.json", action="append", default=[],
-                    help="a --project-only output from another environment, as an extra column")
-    args = ap.parse_args()
-    work = Path(args.workdir or tempfile.mkdtemp(prefix="imagereward_ref_"))
-    work.mkdir(parents=True, exist_ok=True)
+    args, work = C.split_run_args(__doc__, "only build the weights (needs image-reward)", "imagereward_ref_")
     setup_cache(work)
     import torch
     torch.set_num_threads(1)
