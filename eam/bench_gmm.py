@@ -18,7 +18,7 @@ from .models import MLP, ResidualVelocity
 from .reference import LinearReference
 from .registry import lookup
 from .samplers import ode_sample
-from .train import EMA, Ledger
+from .train import EMA, Anchor, Ledger
 
 
 class CaseError(ValueError):
@@ -170,6 +170,17 @@ def _train(model, base, reward, lam: float, method: str, cfg: GMMTrainConfig, ca
         opt, lambda i: cfg.lr_final + (1 - cfg.lr_final) * 0.5 * (1 + math.cos(math.pi * min(i / cfg.iters, 1.0))))
     clipper = QuantileClipper(cfg.am.clip_quantile) if cfg.am.clip_quantile else None
     ledger, curve = Ledger(), []
+    anchor = None  # corrected: the λ = 0 gradient at the base, subtracted from every step (§5.6)
+    if method == "eam" and cfg.eam.n_anchor:
+        def batch_grad(i):
+            opt.zero_grad(set_to_none=True)
+            out = eam_loss(model, base, reward, 0.0, torch.randn(cfg.batch, case.dim), ref, cfg.eam,
+                           exact_score=case.mixture.score, correction=correction)
+            out.backward()
+            ledger.add(out.nfe)
+
+        with ledger:
+            anchor = Anchor.fit(model.residual.parameters(), batch_grad, cfg.eam.n_anchor)
     for it in tqdm(range(1, cfg.iters + 1), desc=desc, disable=not progress):
         with ledger:
             x0 = torch.randn(cfg.batch, case.dim)
@@ -180,6 +191,8 @@ def _train(model, base, reward, lam: float, method: str, cfg: GMMTrainConfig, ca
                                correction=correction)
             opt.zero_grad(set_to_none=True)
             out.backward()
+            if anchor is not None:
+                anchor.apply(model.residual.parameters())
             if cfg.grad_clip:
                 torch.nn.utils.clip_grad_norm_(model.residual.parameters(), cfg.grad_clip)
             opt.step()
@@ -200,7 +213,7 @@ def correction_config(cfg: GMMTrainConfig) -> GMMTrainConfig:
     if cfg.correction_iters is not None and cfg.correction_iters < 1:
         raise ValueError(f"correction_iters must be at least 1 (or null: 3 × iters), got {cfg.correction_iters}")
     return replace(cfg, iters=cfg.correction_iters or 3 * cfg.iters,
-                   eam=replace(cfg.eam, base_score="endpoint", sampler="base"))
+                   eam=replace(cfg.eam, base_score="endpoint", sampler="base", anchor_batches=0))
 
 
 def run(case: GMMCase, method: str, cfg: GMMTrainConfig, seed: int = 0, progress: bool = True) -> dict:

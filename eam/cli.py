@@ -171,10 +171,15 @@ def _finetune(args):
     cfg = FinetuneConfig.from_dict(settings)
     try:
         s = finetune(cfg, args.model, args.model_path, args.reward, args.reward_path, args.prompts, args.eval_prompts,
-                     args.out, progress=not args.quiet, resume=args.resume, label=args.method)
+                     args.out, progress=not args.quiet, resume=args.resume, label=args.method,
+                     anchor_only=args.anchor_only)
     except Preempted as e:
         print(f"eam: {e}", file=sys.stderr)
         raise SystemExit(128 + e.signum) from None
+    if args.anchor_only:
+        print(f"{args.method} anchor from {s['anchor_batches']} batches at the base in {s['wall_clock_s']:.0f} s "
+              f"-> {args.out}")
+        return
     print(f"{args.method} {args.reward} λ={args.lam:g} seed {args.seed}: {s['iters']} iterations in "
           f"{s['wall_clock_s']:.0f} s -> {args.out}")
 
@@ -336,6 +341,9 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("--resume", default="auto", choices=["auto", "never"],
                     help="auto: continue from the newest valid checkpoint in OUT.work/ (default); never: start over")
     ft.add_argument("--quiet", action="store_true", help="no progress bar: one line per evaluation instead")
+    ft.add_argument("--anchor-only", action="store_true",
+                    help="corrected: write the run's anchor (docs/method.md §5.6) to the file --out instead of "
+                         "training; runs of the same base and settings then share it through eam.anchor=FILE")
     ft.set_defaults(func=_finetune)
 
     bp = command("bench", help="per-iteration cost of AM and EAM against the cost-model floor")

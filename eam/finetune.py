@@ -33,7 +33,7 @@ from .registry import lookup
 from .rewards import load_reward
 from .rewards.image import OnDecoded
 from .samplers import ode_sample
-from .train import Ledger
+from .train import Anchor, Ledger
 
 METHODS = ("am", "eam")
 
@@ -150,6 +150,8 @@ def run_identity(cfg: FinetuneConfig, model_name: str, model_path, reward_name: 
                 "base_weights_mtime": weights_stamp(model_path)}
     if cfg.method == "eam" and cfg.eam.base_score == "corrected":
         identity["correction_weights_mtime"] = weights_stamp(cfg.eam.correction)
+    if cfg.method == "eam" and cfg.eam.anchor:
+        identity["anchor_mtime"] = Path(cfg.eam.anchor).stat().st_mtime if Path(cfg.eam.anchor).is_file() else 0.0
     return identity
 
 
@@ -214,19 +216,28 @@ def _resumable_state(work: Path, identity: dict, log_lines: int):
 
 
 def finetune(cfg: FinetuneConfig, model_name: str, model_path, reward_name: str, reward_path, train_prompts,
-             eval_prompts, out, progress: bool = True, resume: str = "auto", label: str | None = None) -> dict:
+             eval_prompts, out, progress: bool = True, resume: str = "auto", label: str | None = None,
+             anchor_only: bool = False) -> dict:
     """Fine-tune and write `out/` (model weights + config.json, metrics.jsonl). With resume="auto"
     it continues from the newest valid checkpoint in `out.work/`; "never" starts over. `label` names the
-    run's method in reports (e.g. eam-endpoint for an ablation; default: the method)."""
+    run's method in reports (e.g. eam-endpoint for an ablation; default: the method). `anchor_only`: write
+    the run's anchor (§5.6) to the file `out` instead of training, for runs to share through eam.anchor."""
     cfg.validate()
+    if anchor_only and not (cfg.method == "eam" and cfg.eam.base_score == "corrected" and cfg.eam.n_anchor):
+        raise ValueError("--anchor-only writes the anchor of eam.base_score corrected (docs/method.md §5.6); "
+                         "use --method eam-corrected with eam.anchor_batches at least 1")
     if resume not in ("auto", "never"):
         raise ValueError(f"unknown resume mode {resume!r}; expected auto or never")
     group = Group()
     try:
         return _finetune(cfg, model_name, model_path, reward_name, reward_path, train_prompts, eval_prompts, out,
-                         progress, resume, group, label or cfg.method)
+                         progress, resume, group, label or cfg.method, anchor_only)
     finally:
         group.close()
+
+
+ANCHOR_STREAM = 10**9  # the anchor's batches: their own streams, whatever the run's seed, so a shared file and a
+                       # fit inside the run are the same anchor and leave the training's streams as they were
 
 
 def _shard_generator(cfg: FinetuneConfig, it: int, shard: int) -> torch.Generator:
@@ -234,15 +245,38 @@ def _shard_generator(cfg: FinetuneConfig, it: int, shard: int) -> torch.Generato
     return torch.Generator().manual_seed((cfg.seed * 1_000_003 + it) * 1009 + shard)
 
 
+def anchor_identity(cfg: FinetuneConfig, model_name: str, model_path) -> dict:
+    """What an anchor file must have been computed with to serve a run: the loss's settings (not λ, the seed or
+    the schedule), the model and the base and correction weights."""
+    eam = {k: v for k, v in asdict(cfg.eam).items() if k not in ("anchor", "anchor_batches", "correction")}
+    return {"model": model_name, "model_settings": cfg.model, "guidance_scale": cfg.guidance_scale, "eam": eam,
+            "base_weights_mtime": weights_stamp(model_path), "correction_weights_mtime": weights_stamp(cfg.eam.correction)}
+
+
+def _load_anchor(cfg: FinetuneConfig, model_name: str, model_path, params: list, device) -> Anchor:
+    anchor, meta = Anchor.load(cfg.eam.anchor)
+    want = json.loads(json.dumps(anchor_identity(cfg, model_name, model_path)))  # as the file's JSON reads
+    got = meta.get("identity", {})
+    for key in want:
+        if got.get(key) != want[key]:
+            raise ValueError(f"the anchor file {cfg.eam.anchor} was written for another {key.replace('_', ' ')} "
+                             f"({got.get(key)!r}, this run: {want[key]!r}); write it again with --anchor-only")
+    if [tuple(g.shape) for g in anchor.grads] != [tuple(p.shape) for p in params]:
+        raise ValueError(f"the anchor file {cfg.eam.anchor} does not match this model's trainable tensors; "
+                         "write it again with --anchor-only")
+    return Anchor([g.to(device) for g in anchor.grads])
+
+
 def _finetune(cfg, model_name, model_path, reward_name, reward_path, train_prompts, eval_prompts, out, progress,
-              resume, group: Group, label: str) -> dict:
+              resume, group: Group, label: str, anchor_only: bool = False) -> dict:
     if cfg.shards % group.world:
         raise ValueError(f"fine-tuning shards {cfg.shards} must be a multiple of the number of processes {group.world}")
     out, work = Path(out), Path(str(out) + ".work")
     train, evals = load_prompt_set(train_prompts), load_prompt_set(eval_prompts)
     device = group.device(cfg.device)
     base, model, reward, correction = _build(model_name, model_path, reward_name, reward_path, cfg, device)
-    work.mkdir(parents=True, exist_ok=True)  # only once prompts, device and weights are known good
+    if not anchor_only:
+        work.mkdir(parents=True, exist_ok=True)  # only once prompts, device and weights are known good
     cfg = cfg.with_budget(model.cost)
     shape = tuple(model.sample_shape)
     ref = LinearReference(model.interpolant)
@@ -257,7 +291,8 @@ def _finetune(cfg, model_name, model_path, reward_name, reward_path, train_promp
     torch.manual_seed(cfg.seed)  # the same on every process: they draw the same global batch
     identity = run_identity(cfg, model_name, model_path, reward_name)
     lines = log_path.read_text().splitlines() if log_path.exists() else []
-    state_path, state = _resumable_state(work, identity, len(lines)) if resume == "auto" else (None, None)
+    state_path, state = _resumable_state(work, identity, len(lines)) \
+        if resume == "auto" and not anchor_only else (None, None)
     group.barrier()  # every process has read the checkpoint before rank 0 changes the folder
     if state is not None:
         model.load_trainable_state(state["model"])
@@ -270,7 +305,7 @@ def _finetune(cfg, model_name, model_path, reward_name, reward_path, train_promp
         if group.main:
             write_text(log_path, "".join(line + "\n" for line in lines[: state["log_lines"]]))  # later rows go
             print(f"resuming {out} at iteration {step} from {state_path.name}")
-    elif group.main:
+    elif group.main and not anchor_only:
         for old in work.glob("ckpt-*.pt"):
             old.unlink()
         write_text(log_path, "")
@@ -290,24 +325,28 @@ def _finetune(cfg, model_name, model_path, reward_name, reward_path, train_promp
             path, identity=identity, step=it, model=model.trainable_state(), opt=opt.state_dict(),
             sched=sched.state_dict(), rng=rng_state(), nfe=dict(ledger.nfe), seconds=ledger.seconds,
             clipper=(clipper.value, clipper.updates) if clipper else None,
+            anchor=[g.cpu() for g in anchor.grads] if anchor else None,
             log_lines=sum(1 for _ in open(log_path)))
         for old in sorted(work.glob("ckpt-*.pt"), reverse=True)[CKPT_KEEP:]:
             old.unlink()
         return path
 
-    def step_once(it: int) -> tuple[float, float, dict]:
-        """One optimiser step on the global batch: this process's shards, gradients summed over processes."""
-        recs = [train[i] for i in torch.randint(len(train), (cfg.batch,)).tolist()]
-        x0 = torch.randn(cfg.batch, *shape)
+    def gradients(it: int, lam: float, draws: torch.Generator | None = None) -> tuple[torch.Tensor, list[str]]:
+        """The loss at `lam` on the global batch of iteration `it` (prompts and x_0 from `draws`, default the global
+        stream): this process's shards backpropagated, gradients summed over processes. Returns the totals (loss,
+        non-finite shards, reward, NFEs by kind) and the kinds."""
+        recs = [train[i] for i in torch.randint(len(train), (cfg.batch,), generator=draws).tolist()]
+        x0 = torch.randn(cfg.batch, *shape, generator=draws)
         opt.zero_grad(set_to_none=True)
         loss_sum, reward_sum, nfe = torch.zeros(2, dtype=torch.float64), torch.zeros(1, dtype=torch.float64), {}
         for s in my_shards:
             part = slice(s * shard_size, (s + 1) * shard_size)
-            cond, xs, g = PromptBatch.from_records(recs[part]).to(device), x0[part].to(device), _shard_generator(cfg, it, s)
+            g = _shard_generator(cfg, it, s) if draws is None else torch.Generator().manual_seed(it * 1009 + s)
+            cond, xs = PromptBatch.from_records(recs[part]).to(device), x0[part].to(device)
             if cfg.method == "am":
-                o = am_loss(model, base, reward, cfg.lam, xs, cfg.am, cond, clipper=clipper, generator=g)
+                o = am_loss(model, base, reward, lam, xs, cfg.am, cond, clipper=clipper, generator=g)
             else:
-                o = eam_loss(model, base, reward, cfg.lam, xs, ref, cfg.eam, cond, generator=g, correction=correction)
+                o = eam_loss(model, base, reward, lam, xs, ref, cfg.eam, cond, generator=g, correction=correction)
             o.backward(1 / cfg.shards)
             loss_sum += torch.tensor([o.loss.item(), float(not torch.isfinite(o.loss))], dtype=torch.float64)
             reward_sum += o.reward.double().sum().cpu()
@@ -318,16 +357,49 @@ def _finetune(cfg, model_name, model_path, reward_name, reward_path, train_promp
         group.sum_grads(model.trainable_parameters())
         if totals[1] > 0:
             raise FloatingPointError(f"non-finite {cfg.method} loss at iteration {it}; lower lr or λ")
+        return totals, kinds
+
+    def nfe_of(totals, kinds) -> dict:
+        return {k: int(round(float(v))) for k, v in zip(kinds, totals[3:])}
+
+    def step_once(it: int) -> tuple[float, float, dict]:
+        """One optimiser step on the global batch."""
+        totals, kinds = gradients(it, cfg.lam)
+        if anchor is not None:
+            anchor.apply(model.trainable_parameters())
         if cfg.grad_clip:
             torch.nn.utils.clip_grad_norm_(model.trainable_parameters(), cfg.grad_clip)
         opt.step()
         sched.step()
-        return (float(totals[0]) / cfg.shards, float(totals[2]) / cfg.batch,
-                {k: int(round(float(v))) for k, v in zip(kinds, totals[3:])})
+        return float(totals[0]) / cfg.shards, float(totals[2]) / cfg.batch, nfe_of(totals, kinds)
+
+    # corrected: the λ = 0 gradient at the base (§5.6), from a shared file (its cost is the file's), or fitted
+    # here before the first step (its cost in this run's ledger) and checkpointed
+    anchor = None
+    if cfg.method == "eam" and cfg.eam.anchor and not anchor_only:
+        anchor = _load_anchor(cfg, model_name, model_path, list(model.trainable_parameters()), device)
+    elif cfg.method == "eam" and cfg.eam.n_anchor:
+        if state is not None:
+            anchor = Anchor([g.to(device) for g in state["anchor"]])
+        else:
+            with ledger:
+                anchor = Anchor.fit(model.trainable_parameters(), lambda i: ledger.add(nfe_of(*gradients(
+                    ANCHOR_STREAM + i, 0.0, torch.Generator().manual_seed(ANCHOR_STREAM + i)))), cfg.eam.n_anchor)
+            if group.main and not progress:
+                print(f"{label} seed {cfg.seed}: anchor from {cfg.eam.n_anchor} batches at the base, "
+                      f"{ledger.seconds:.0f} s", flush=True)
+    if anchor_only:
+        summary = {"anchor_batches": cfg.eam.n_anchor, "wall_clock_s": ledger.seconds, "nfe": dict(ledger.nfe),
+                   "processes": group.world}
+        if group.main:
+            anchor.save(out, {"identity": anchor_identity(cfg, model_name, model_path), **summary})
+        group.barrier()
+        return {**summary, "iters": 0}
 
     with open(log_path if group.main else os.devnull, "a") as log, StopSignals() as stop:
         if step == 0:
-            row = {"iter": 0, "wall_clock_s": 0.0, "nfe_total": 0, **{f"nfe_{k}": 0 for k in ledger.nfe},
+            row = {"iter": 0, "wall_clock_s": ledger.seconds, "nfe_total": ledger.total(),  # the anchor's cost, if any
+                   **{f"nfe_{k}": v for k, v in ledger.nfe.items()},
                    "eval_reward": evaluate() if group.main else None}
             log.write(json.dumps(row) + "\n")
         for it in tqdm(range(step + 1, cfg.iters + 1), desc=f"{cfg.method} {reward_name} λ={cfg.lam:g}",

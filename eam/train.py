@@ -1,12 +1,64 @@
-"""Pieces of the training loop shared by every benchmark: weight EMA and a time/NFE ledger."""
+"""Pieces of the training loop shared by every benchmark: weight EMA, a time/NFE ledger and the base-gradient
+anchor of `corrected`."""
 from __future__ import annotations
 
 import copy
+import json
 import time
 
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 
+from .io import atomic_path
 from .losses import NFE_KINDS
+
+
+class Anchor:
+    """docs/method.md §5.6: the mean gradient g_0 of the λ = 0 loss at the pretrained weights, over n
+    batches; `apply` subtracts it from a step's gradient, so that the pretrained network is a stationary
+    point of the update in expectation (up to g_0's sampling error, SE/√n)."""
+
+    def __init__(self, grads: list[torch.Tensor]):
+        self.grads = grads
+
+    @classmethod
+    def fit(cls, params, batch_grad, n: int) -> "Anchor":
+        """`batch_grad(i)` leaves the gradient of batch i in each parameter's .grad (the parameters at the base)."""
+        params = list(params)
+        mean = [torch.zeros_like(p) for p in params]
+        for i in range(n):
+            batch_grad(i)
+            for m, p in zip(mean, params):
+                if p.grad is not None:
+                    m.add_(p.grad, alpha=1 / n)
+        return cls(mean)
+
+    def save(self, path, meta: dict):
+        """One safetensors file: g_0 per trainable tensor, in order, and `meta` (settings, cost) as JSON."""
+        with atomic_path(path) as tmp:
+            save_file({f"g{i}": g.detach().cpu().contiguous() for i, g in enumerate(self.grads)}, tmp,
+                      metadata={"anchor": json.dumps(meta, sort_keys=True)})
+
+    @classmethod
+    def load(cls, path) -> tuple["Anchor", dict]:
+        try:
+            with open(path, "rb") as f:
+                header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
+            state = load_file(path)
+        except (OSError, ValueError, SafetensorError) as e:
+            raise ValueError(f"cannot read the anchor file {path} ({type(e).__name__}); write it with "
+                             "`eam finetune ... --anchor-only --out FILE`") from None
+        meta = json.loads(header.get("__metadata__", {}).get("anchor", "{}"))
+        return cls([state[f"g{i}"] for i in range(len(state))]), meta
+
+    @torch.no_grad()
+    def apply(self, params):
+        for p, g0 in zip(params, self.grads):
+            if p.grad is None:
+                p.grad = -g0.clone()
+            else:
+                p.grad.sub_(g0)
 
 
 class EMA:

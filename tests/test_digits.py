@@ -190,10 +190,26 @@ def test_corrected_fits_its_correction_on_base_samples_then_uses_it(tiny, tmp_pa
     cmd = [*_finetune_cmd(tiny, run, 3), "--set", "eam.base_score=corrected"]
     r = subprocess.run(cmd, env=env, capture_output=True, text=True)
     assert r.returncode != 0 and "error: eam.base_score corrected needs eam.correction" in r.stderr.strip().splitlines()[-1]
-    subprocess.run([*cmd, "--set", f"eam.correction={fit}"], check=True, env=env, capture_output=True)
-    last = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
-    assert last["nfe_model_fwd"] == 3 * B * K and last["nfe_base_fwd"] == 3 * B * (1 + 2 * M)
-    assert last["nfe_model_train"] == 3 * B * M
+    subprocess.run([*cmd, "--set", f"eam.correction={fit}", "--set", "eam.anchor_batches=2"], check=True, env=env,
+                   capture_output=True)
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    # the anchor (§5.6): 2 batches of the same loss at λ = 0 before the first step, charged to the ledger
+    assert rows[0]["nfe_base_fwd"] == 2 * B * (1 + 2 * M) and rows[0]["nfe_model_train"] == 2 * B * M
+    assert rows[-1]["nfe_model_fwd"] == (3 + 2) * B * K and rows[-1]["nfe_base_fwd"] == (3 + 2) * B * (1 + 2 * M)
+    assert rows[-1]["nfe_model_train"] == (3 + 2) * B * M
+    # shared: the same anchor from a file (its cost the file's, not the run's), the same run to the bit
+    anchor, shared = tmp_path / "anchor.safetensors", tmp_path / "shared"
+    r = subprocess.run([*_finetune_cmd(tiny, anchor, 3), "--method", "eam-corrected", "--lam", "0", "--set",
+                        f"eam.correction={fit}", "--set", "eam.anchor_batches=2", "--seed", "5", "--anchor-only"],
+                       env=env, capture_output=True, text=True)
+    assert r.returncode == 0 and "anchor from 2 batches" in r.stdout and not Path(str(anchor) + ".work").exists(), r.stderr
+    subprocess.run([*cmd, "--set", f"eam.correction={fit}", "--set", f"eam.anchor={anchor}", "--out", str(shared)],
+                   check=True, env=env, capture_output=True)
+    assert json.loads((shared / "metrics.jsonl").read_text().splitlines()[0])["nfe_total"] == 0
+    _assert_same_weights(run, shared)
+    r = subprocess.run([*cmd, "--set", f"eam.correction={fit}", "--set", f"eam.anchor={anchor}", "--set", "eam.n_times=3",
+                        "--out", str(tmp_path / "other")], env=env, capture_output=True, text=True)
+    assert r.returncode != 0 and "was written for another eam" in r.stderr.strip().splitlines()[-1], r.stderr
 
 
 @pytest.mark.parametrize("extra,needle", [

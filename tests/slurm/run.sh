@@ -85,9 +85,10 @@ RUN="$WORK/run"
 mkdir -p "$RUN/tests"
 cp -r "$ROOT/Snakefile" "$ROOT/workflow" "$ROOT/config" "$ROOT/profiles" "$ROOT/environment.yml" "$RUN/"
 cp -r "$ROOT/tests/data" "$RUN/tests/"
+cp "$ROOT/tests/slurm/fewer_jobs.yaml" "$RUN/tests/data/"
 cd "$RUN"
 # no slurmdbd here: query squeue, not sacct (the profile's default, for clusters with accounting)
-timeout 1500 snakemake all --profile profiles/slurm --configfile tests/data/tiny_config.yaml \
+timeout 1500 snakemake all --profile profiles/slurm --configfile tests/data/tiny_config.yaml tests/data/fewer_jobs.yaml \
   --slurm-status-command squeue --slurm-init-seconds-before-status-checks 5 --slurm-no-account \
   --set-resources digits_finetune:slurm_partition=second digits_finetune:gpu=1 --set-threads digits_finetune=2 \
   > "$WORK/snakemake.log" 2>&1 || fail "snakemake through SLURM failed (exit $?)"

@@ -84,6 +84,11 @@ def _eam_package():
         return None
 
 
+def settings_anchor_batches(path):
+    """The anchor batches a settings file asks of `corrected` (eam.anchor_batches; null: the default, §5.6)."""
+    return (_settings(path).get("eam") or {}).get("anchor_batches")
+
+
 def settings_base_score(path):
     """The EAM variant a fine-tuning settings file selects (its eam.base_score, else the default)."""
     chosen = (_settings(path).get("eam") or {}).get("base_score")
@@ -93,7 +98,9 @@ def settings_base_score(path):
     return package.EAMConfig().base_score if package else "residual"
 
 
-CORRECTION_FIT = 3  # `corrected`: its correction network is fitted 3x as long as a run (docs/method.md §5.5)
+# `corrected`: its correction network is fitted as long as a run (docs/method.md §5.5; its fit error is taken out to
+# first order by the anchor, §5.6)
+CORRECTION_FIT = 1
 
 
 def correction_fit_args(path):
@@ -127,6 +134,7 @@ RUNS = [*expand(RUN, method=DIG.get("methods", []), reward=DIG.get("rewards", []
         *expand(RUN, method=DIG.get("ablations") or [], reward=DIG.get("rewards", []), lam=DIG.get("lambdas", []),
                 seed=DIG.get("seeds", [])[:1])]
 CORRECTION = f"{DRES}/models/correction"  # `corrected`'s correction network: one per base, shared by every run
+ANCHOR = f"{DRES}/models/anchor.safetensors"  # and its anchor (docs/method.md §5.6), shared the same way
 TRAINED_REWARDS = ["digit_classifier", "heldout_classifier", "digit_clip"]
 
 
@@ -135,6 +143,11 @@ def needs_correction(method):
     if not method.startswith("eam"):
         return False
     return (method.partition("-")[2] or settings_base_score(DIG["settings"])) == "corrected"
+
+
+def needs_anchor(method):
+    """Whether a `corrected` run subtracts the shared anchor (unless its settings set eam.anchor_batches: 0)."""
+    return needs_correction(method) and settings_anchor_batches(DIG["settings"]) != 0
 
 
 def reward_dir(name):

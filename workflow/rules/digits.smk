@@ -94,7 +94,7 @@ rule digits_correction:
     priority: 5
     threads: 1
     resources:
-        runtime=180,  # CORRECTION_FIT x a run
+        runtime=60,  # CORRECTION_FIT x a run
     shell:  # docs/method.md §5.5: the λ = 0 endpoint fit with x_1 from the frozen base (the reward is unused)
         "OMP_NUM_THREADS={threads} eam finetune --model digits_flow --model-path {params.base} "
         "--reward digit_classifier --reward-path {params.reward} --method eam-endpoint --lam 0 "
@@ -102,10 +102,41 @@ rule digits_correction:
         "--eval-prompts {input.prompts[1]} --guidance-scale {params.guidance} --out {params.out} --quiet > {log} 2>&1"
 
 
+rule digits_anchor:
+    input:
+        base=rules.digits_base.output,
+        correction=rules.digits_correction.output,
+        reward=expand(f"{DRES}/models/digit_classifier/{{f}}", f=MODEL_FILES),
+        prompts=rules.digits_prompts.output,
+        settings=DIG["settings"],
+    output:
+        ANCHOR,
+    params:
+        guidance=DIG["guidance_scale"],
+        base=lambda w, input: parent(input.base[0]),
+        correction=lambda w, input: parent(input.correction[0]),
+        reward=lambda w, input: parent(input.reward[0]),
+    log:
+        f"{RESULTS}/logs/digits/anchor.log",
+    conda:
+        ENV
+    priority: 5
+    threads: 1
+    resources:
+        runtime=30,
+    shell:  # docs/method.md §5.6: the mean λ = 0 gradient of `corrected` at the base (the reward is unused)
+        "OMP_NUM_THREADS={threads} eam finetune --model digits_flow --model-path {params.base} "
+        "--reward digit_classifier --reward-path {params.reward} --method eam-corrected --lam 0 "
+        "--settings {input.settings} --set eam.correction={params.correction} --prompts {input.prompts[0]} "
+        "--eval-prompts {input.prompts[1]} --guidance-scale {params.guidance} --anchor-only --out {output} "
+        "--quiet > {log} 2>&1"
+
+
 rule digits_finetune:
     input:
         base=rules.digits_base.output,
         correction=lambda w: expand(f"{CORRECTION}/{{f}}", f=MODEL_FILES) if needs_correction(w.method) else [],
+        anchor=lambda w: [ANCHOR] if needs_anchor(w.method) else [],
         reward=lambda w: expand(f"{DRES}/models/{w.reward}/{{f}}", f=MODEL_FILES) if reward_dir(w.reward) else [],
         prompts=rules.digits_prompts.output,
         settings=DIG["settings"],
@@ -117,6 +148,7 @@ rule digits_finetune:
         out=lambda w, output: parent(output[0]),
         guidance=DIG["guidance_scale"],
         correction=lambda w, input: f"--set eam.correction={parent(input.correction[0])}" if input.correction else "",
+        anchor=lambda w, input: f"--set eam.anchor={input.anchor[0]}" if input.anchor else "",
     log:
         f"{RESULTS}/logs/digits/runs/{RUN}.log",
     conda:
@@ -128,8 +160,8 @@ rule digits_finetune:
         "OMP_NUM_THREADS={threads} eam finetune --model digits_flow --model-path {params.base} "
         "--reward {wildcards.reward} {params.reward_path} --method {wildcards.method} --lam {wildcards.lam} "
         "--seed {wildcards.seed} --settings {input.settings} --prompts {input.prompts[0]} "
-        "--eval-prompts {input.prompts[1]} --guidance-scale {params.guidance} {params.correction} --out {params.out} "
-        "--quiet > {log} 2>&1"
+        "--eval-prompts {input.prompts[1]} --guidance-scale {params.guidance} {params.correction} {params.anchor} "
+        "--out {params.out} --quiet > {log} 2>&1"
 
 
 rule digits_pool:
