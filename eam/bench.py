@@ -20,7 +20,6 @@ against that phase's floor; with `profile`, one under torch.profiler lists the t
 """
 from __future__ import annotations
 
-import copy
 import multiprocessing
 import statistics
 import threading
@@ -31,8 +30,9 @@ from pathlib import Path
 import torch
 
 from .finetune import FinetuneConfig, _build, resolve_device
-from .io import atomic_path, write_json, write_text
+from .io import save_figure, write_json, write_text
 from .losses import am_loss, eam_loss
+from .overrides import applied
 from .phases import recording
 from .prompts import PromptBatch, load_prompt_set
 from .reference import LinearReference
@@ -130,22 +130,6 @@ class PeakMemory:
             self.mb = (self._peak - self._start) / 2**20
 
 
-def with_overrides(settings: dict, overrides: dict) -> dict:
-    """Settings with dotted-key overrides applied (`model.precision`, `eam.ode_steps`, `batch`)."""
-    out = copy.deepcopy(settings)
-    for key, value in overrides.items():
-        *path, leaf = str(key).split(".")
-        node = out
-        for part in path:
-            if node.get(part) is None:
-                node[part] = {}
-            node = node[part]
-            if not isinstance(node, dict):
-                raise ValueError(f"knob setting {key!r}: {part} is not a section")
-        node[leaf] = value
-    return out
-
-
 def knob_methods(overrides: dict) -> tuple[str, ...]:
     """The methods a knob affects: `am.*`-only knobs run AM, `eam.*`-only knobs EAM, others both."""
     sections = {str(k).split(".")[0] for k in overrides}
@@ -236,7 +220,7 @@ def bench(settings: dict, model_name: str, model_path, reward_name: str, reward_
     for name, overrides in (knobs or {}).items():
         if not isinstance(overrides, dict) or not overrides:
             raise ValueError(f"knob {name!r} must map setting names to values, e.g. {{model.precision: bf16}}")
-        FinetuneConfig.from_dict(with_overrides(settings, overrides))  # bad knob settings fail before any timing
+        FinetuneConfig.from_dict(applied(settings, overrides))  # bad knob settings fail before any timing
     FinetuneConfig.from_dict(settings)
     dev = str(resolve_device(device))
     out = Path(out)
@@ -263,7 +247,7 @@ def bench(settings: dict, model_name: str, model_path, reward_name: str, reward_
     for name, overrides in (knobs or {}).items():
         row = {"name": name, "settings": overrides, "methods": {}}
         for m in knob_methods(overrides):
-            v = run(with_overrides(settings, overrides), m, names, prompts, warmup, repeats, dev)
+            v = run(applied(settings, overrides), m, names, prompts, warmup, repeats, dev)
             for k in ("device", "batch", "shape", "precision", "guidance_scale"):
                 v.pop(k)
             v["time_vs_baseline"] = v["wall_clock_s"]["median"] / methods[m]["wall_clock_s"]["median"]
@@ -357,6 +341,4 @@ def _bar_chart(r: dict, path: Path):
         ax.invert_yaxis()
         ax.legend(fontsize=8)
     fig.suptitle(f"{r['model']} × {r['reward']}, batch {r['batch']}, {r['precision']}, {r['device']}")
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)
+    save_figure(fig, path, dpi=120)

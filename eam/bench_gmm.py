@@ -213,7 +213,7 @@ def correction_config(cfg: GMMTrainConfig) -> GMMTrainConfig:
     if cfg.correction_iters is not None and cfg.correction_iters < 1:
         raise ValueError(f"correction_iters must be at least 1 (or null: 3 × iters), got {cfg.correction_iters}")
     return replace(cfg, iters=cfg.correction_iters or 3 * cfg.iters,
-                   eam=replace(cfg.eam, base_score="endpoint", sampler="base", anchor_batches=0))
+                   eam=replace(cfg.eam, base_score="endpoint", sampler="base"))
 
 
 def run(case: GMMCase, method: str, cfg: GMMTrainConfig, seed: int = 0, progress: bool = True) -> dict:

@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+
+from . import overrides
 
 
 def _gmm(args):
@@ -24,7 +27,7 @@ def _gmm(args):
     elif args.base_score != "endpoint" or args.delta is not None:
         raise ValueError("--base-score and --delta apply to --method eam only")
     for spec in args.set or []:
-        _set_field(cfg, spec)
+        overrides.set_field(cfg, *overrides.parse(spec))
     for name in ("iters", "batch", "eval_every", "n_eval", "eval_steps"):
         if getattr(cfg, name) < 1:
             raise ValueError(f"{name} must be at least 1, got {getattr(cfg, name)}")
@@ -35,41 +38,6 @@ def _gmm(args):
     print(f"{case.name} {args.method}: sliced_w2 {result['sliced_w2']:.3f} (floor {result['sliced_w2_floor']:.3f}, "
           f"base {result['sliced_w2_base']:.3f}), reward {result['reward_mean']:.3f} "
           f"(exact {result['reward_mean_exact']:.3f}) in {result['wall_clock_s']:.0f} s -> {args.out}")
-
-
-def _set_field(cfg, spec: str):
-    """Apply KEY=VALUE to a (nested) dataclass config, e.g. `eam.t_max=0.9` or `lr=0.01`."""
-    key, sep, raw = spec.partition("=")
-    if not sep:
-        raise ValueError(f"--set takes KEY=VALUE, got {spec!r}")
-    *path, last = key.split(".")
-    obj = cfg
-    for name in path:
-        obj = getattr(obj, name, None)
-    if obj is None or not hasattr(obj, "__dataclass_fields__") or last not in obj.__dataclass_fields__:
-        raise ValueError(f"unknown setting {key!r} in --set")
-    current = getattr(obj, last)
-    if current is None or isinstance(current, bool):  # no type to go by: read the value as YAML
-        setattr(obj, last, _yaml_value(raw))
-        return
-    kind = type(current)
-    try:
-        setattr(obj, last, kind(raw))
-    except ValueError:
-        raise ValueError(f"--set {key}: {raw!r} is not a {kind.__name__}") from None
-
-
-def _yaml_value(raw: str):
-    """A --set value read as YAML, with 1e-4 (which PyYAML reads as a string) a number."""
-    import yaml
-
-    value = yaml.safe_load(raw)
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            pass
-    return value
 
 
 def _gmm_report(args):
@@ -128,20 +96,6 @@ def _load_yaml(path):
         raise ValueError(f"{path} is not valid YAML: {str(e).splitlines()[0]}") from None
 
 
-def _set_key(settings: dict, spec: str):
-    """Apply KEY=VALUE (VALUE read as YAML) to a settings mapping, e.g. `eam.sampler=base` or `lr=1e-4`."""
-    key, sep, raw = spec.partition("=")
-    if not sep or not key:
-        raise ValueError(f"--set takes KEY=VALUE, got {spec!r}")
-    *path, last = key.split(".")
-    node = settings
-    for name in path:
-        node = node.setdefault(name, {})
-        if not isinstance(node, dict):
-            raise ValueError(f"--set {key}: {name} is not a section")
-    node[last] = _yaml_value(raw)
-
-
 def _finetune(args):
     from .finetune import FinetuneConfig, Preempted, finetune
 
@@ -157,7 +111,7 @@ def _finetune(args):
     for spec in args.set or []:
         if spec.partition("=")[0] in ("method", "lam", "seed"):
             raise ValueError(f"--set {spec}: use --{spec.partition('=')[0]} for that")
-        _set_key(settings, spec)
+        overrides.apply(settings, *overrides.parse(spec))
         if spec.startswith("iters="):
             settings["budget_nfe"] = None  # as --iters: an explicit length replaces an NFE budget
     if args.iters is not None:
@@ -214,6 +168,20 @@ def _random_weights(args):
     else:
         random_reward(args.arch, args.out, seed=args.seed, device=dev)
     print(args.out)
+
+
+def _list(args):
+    from .registry import catalogue
+
+    cat = catalogue()
+    if args.json:
+        print(json.dumps(cat, indent=2))
+        return
+    for kind, entries in cat.items():
+        print(f"{kind}s:")
+        for name, info in entries.items():
+            traits = ", ".join(f"{k} {v}" for k, v in info.items() if k != "class")
+            print(f"  {name:20s} {traits:42s} {info['class']}")
 
 
 def _sample(args):
@@ -407,6 +375,10 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--pstar", default=None, help="resampled p* set (`eam tilt-truth`'s pstar_a): energy distance to it")
     sc.add_argument("--out", required=True, help="scores JSON")
     sc.set_defaults(func=_score)
+
+    ls = command("list", help="the registered model adapters and rewards, with their declared traits")
+    ls.add_argument("--json", action="store_true", help="as JSON (what the workflow checks config names against)")
+    ls.set_defaults(func=_list)
 
     fr = command("finetune-report", help="figures and tables of a fine-tuning benchmark")
     fr.add_argument("--runs", nargs="+", required=True, help="fine-tuning run folders")

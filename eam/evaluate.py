@@ -17,7 +17,6 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm import tqdm
 
-from . import adapters  # noqa: F401  (registers the model adapters)
 from .finetune import eval_batch, resolve_device
 from .io import atomic_path, write_json
 from .prompts import PromptBatch, load_prompt_set

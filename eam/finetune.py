@@ -22,7 +22,6 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from . import adapters  # noqa: F401  (registers the model adapters)
 from .checkpoint import load_training_state, rng_state, save_training_state, set_rng_state, weights_stamp
 from .distributed import Group, check_device
 from .io import write_json, write_text
@@ -150,7 +149,7 @@ def run_identity(cfg: FinetuneConfig, model_name: str, model_path, reward_name: 
                 "base_weights_mtime": weights_stamp(model_path)}
     if cfg.method == "eam" and cfg.eam.base_score == "corrected":
         identity["correction_weights_mtime"] = weights_stamp(cfg.eam.correction)
-    if cfg.method == "eam" and cfg.eam.anchor:
+    if cfg.method == "eam" and cfg.eam.n_anchor and cfg.eam.anchor:
         identity["anchor_mtime"] = Path(cfg.eam.anchor).stat().st_mtime if Path(cfg.eam.anchor).is_file() else 0.0
     return identity
 
@@ -376,7 +375,7 @@ def _finetune(cfg, model_name, model_path, reward_name, reward_path, train_promp
     # corrected: the λ = 0 gradient at the base (§5.6), from a shared file (its cost is the file's), or fitted
     # here before the first step (its cost in this run's ledger) and checkpointed
     anchor = None
-    if cfg.method == "eam" and cfg.eam.anchor and not anchor_only:
+    if cfg.method == "eam" and cfg.eam.n_anchor and cfg.eam.anchor and not anchor_only:
         anchor = _load_anchor(cfg, model_name, model_path, list(model.trainable_parameters()), device)
     elif cfg.method == "eam" and cfg.eam.n_anchor:
         if state is not None:

@@ -30,3 +30,12 @@ def write_text(path, text: str):
 
 def write_json(path, obj):
     write_text(path, json.dumps(obj, indent=2) + "\n")
+
+
+def save_figure(fig, path, dpi: int = 110):
+    """A matplotlib figure as a PNG, atomically; the figure is closed."""
+    import matplotlib.pyplot as plt
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=dpi, format="png")
+    plt.close(fig)

@@ -229,7 +229,8 @@ class EAMConfig:
     anchor_batches: int | None = None  # corrected: subtract the mean λ = 0 gradient at the base over this many
                                        # batches from every step (§5.6); None: 400 for corrected, 0 otherwise
     anchor: str | None = None       # corrected: a file of that gradient (`eam finetune --anchor-only`), shared by
-                                    # the runs of one base and settings, instead of fitting it in each run
+                                    # the runs of one base and settings, instead of fitting it in each run (both
+                                    # ignored by the other variants)
     weighting: str = "u"            # "u": weight 4/σ² (u-space), "v": plain v-space regression
     t_min: float = 0.02             # loss times are stratified over [t_min, t_max]
     t_max: float = 0.98
@@ -259,18 +260,16 @@ class EAMConfig:
         n = self.anchor_batches
         if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 0):
             raise ValueError(f"EAM anchor_batches must be a non-negative integer or null, got {n!r}")
-        if (n or self.anchor) and self.base_score != "corrected":
-            raise ValueError(f"EAM anchor_batches and anchor are options of base_score corrected (§5.6), "
-                             f"not {self.base_score!r}")
         if isinstance(self.consistency, bool) or not isinstance(self.consistency, (int, float)) or not 0 <= self.consistency <= 1:
             raise ValueError(f"EAM consistency must lie in [0, 1], got {self.consistency!r}")
 
     @property
     def n_anchor(self) -> int:
-        """Batches of the λ = 0 base gradient subtracted from every step (§5.6)."""
-        if self.anchor_batches is None:
-            return 400 if self.base_score == "corrected" else 0
-        return self.anchor_batches
+        """Batches of the λ = 0 base gradient subtracted from every step (§5.6): `corrected` only, so that one
+        settings file serves every variant."""
+        if self.base_score != "corrected":
+            return 0
+        return 400 if self.anchor_batches is None else self.anchor_batches
 
     def nfe_per_sample(self, cost: int = 1) -> int:
         """Function evaluations per sample (x_1) and iteration, as `eam_loss` counts them."""

@@ -10,7 +10,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from .io import atomic_path, write_text  # noqa: E402
+from .io import save_figure, write_text  # noqa: E402
 
 
 def variant(result: dict) -> str:
@@ -50,9 +50,7 @@ def _plot_case(case: str, results: list[dict], path: Path):
     axes[0, 0].legend(fontsize=8)
     axes[1, 0].legend(fontsize=8)
     fig.suptitle(f"{case}: AM vs EAM against the exact tilted target")
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def _table(results: list[dict]) -> str:

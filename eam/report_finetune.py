@@ -19,7 +19,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.ticker import EngFormatter  # noqa: E402
 
-from .io import atomic_path, write_text  # noqa: E402
+from .io import save_figure, write_text  # noqa: E402
 
 COLORS = {"am": "tab:blue", "eam": "tab:orange", "eam-endpoint": "tab:green", "eam-residual": "tab:red",
           "eam-bridge": "tab:purple"}
@@ -178,9 +178,7 @@ def _time_to_quality_figure(rows: list[dict], path: Path):
     target = rows[0]["target"] if rows else "tilted law"
     fig.suptitle("time to 90% of the gap between the base and the tilted law (label: AM/EAM)" if target == "tilted law"
                  else "time to 90% of AM's final reward gain (label: AM/EAM)")
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def _curves(runs, key, xlabel, path, truth=None):
@@ -212,9 +210,7 @@ def _curves(runs, key, xlabel, path, truth=None):
         ax.xaxis.set_major_formatter(EngFormatter(sep=""))  # 20k, 1.5M: no offset text beside the axis label
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, title="band: min–max over seeds", title_fontsize=7)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def _tradeoff(runs, base, path):
@@ -237,9 +233,7 @@ def _tradeoff(runs, base, path):
                xlabel="Fréchet distance to base samples (classifier features)", ylabel=f"{reward} (mean over eval samples)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def _row_label(label: str) -> str:
@@ -275,9 +269,7 @@ def _grid(samples: dict, path, per_prompt_shown: int = 4):
                 ax.set_ylabel(_row_label(label), fontsize=7)
     fig.suptitle("evaluation samples (same seeds in every row)", fontsize=9)
     fig.tight_layout(rect=(0, 0, 1, 0.95))
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def _metric_names(scores: dict) -> list[str]:

@@ -10,8 +10,6 @@ sample set of p* (multinomial, with replacement): the reference for the distance
 """
 from __future__ import annotations
 
-import math
-
 import torch
 
 ESS_WARN = 0.1  # ESS / N below this: the estimate rests on few samples; flagged in every table

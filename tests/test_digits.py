@@ -23,6 +23,7 @@ from eam.reference import LinearReference
 from eam.registry import lookup
 from eam.rewards import load_reward, reward_grad
 from eam.report_finetune import time_to
+from tiny.fd import assert_matches_central_difference
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAINED = ("digit_classifier", "heldout_classifier", "digit_clip")
@@ -82,10 +83,7 @@ def test_reward_gradient_matches_finite_differences(tiny, name):
     x, cond = _batch(3, seed=1)
     x = x.double()
     _, g = reward_grad(reward, x, cond)
-    d = torch.randn_like(x)
-    eps = 1e-5
-    fd = (reward(x + eps * d, cond) - reward(x - eps * d, cond)) / (2 * eps)
-    torch.testing.assert_close((g * d).flatten(1).sum(1), fd, rtol=1e-5, atol=1e-7)
+    assert_matches_central_difference(lambda y: reward(y, cond), x, g, rtol=1e-5, atol=1e-7, per_sample=True)
 
 
 @pytest.mark.parametrize("method", ["am", "eam"])

@@ -5,11 +5,11 @@ against the PIL path, gradients, missing files."""
 import pytest
 import torch
 
-import eam.rewards.aesthetics  # noqa: F401  (registers "aesthetics")
 from eam.checkpoint import MissingWeights
 from eam.rewards import load_reward
 from eam.rewards.aesthetics import WEIGHTS
 from eam.rewards.image import to_pil
+from tiny.fd import assert_matches_central_difference
 from tiny.hf import clip_model
 from tiny.images import smooth_images
 
@@ -100,12 +100,7 @@ def test_gradient_matches_finite_differences(aes):
     x = smooth_images(2, 40, 56, seed=2).double()
     x.requires_grad_(True)
     (g,) = torch.autograd.grad(reward(x).sum(), x)
-    d = torch.randn(x.shape, generator=torch.Generator().manual_seed(3), dtype=x.dtype)
-    eps = 1e-5
-    with torch.no_grad():
-        fd = (reward(x + eps * d).sum() - reward(x - eps * d).sum()) / (2 * eps)
-    assert g.abs().sum() > 0
-    torch.testing.assert_close((g * d).sum(), fd, rtol=1e-6, atol=1e-9)
+    assert_matches_central_difference(reward, x, g, rtol=1e-6, atol=1e-9, seed=3)
 
 
 def test_missing_weights_name_the_file(aes, tmp_path):

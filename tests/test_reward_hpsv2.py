@@ -7,12 +7,12 @@ import json
 import pytest
 import torch
 
-import eam.rewards.hpsv2  # noqa: F401  (registers "hpsv2")
 from eam.checkpoint import MissingWeights
 from eam.prompts import PromptBatch
 from eam.rewards import load_reward
 from eam.rewards.hpsv2 import WEIGHTS, letterbox_pil, letterbox_preprocess
 from eam.rewards.image import CLIP_MEAN, CLIP_STD, clip_preprocess, to_pil
+from tiny.fd import assert_matches_central_difference
 from tiny.images import smooth_images
 
 import open_clip  # noqa: E402  (a pinned dependency)
@@ -110,12 +110,7 @@ def test_gradient_matches_finite_differences(hps):
     cond = PromptBatch(PROMPTS[:2])
     x.requires_grad_(True)
     (g,) = torch.autograd.grad(reward(x, cond).sum(), x)
-    d = torch.randn(x.shape, generator=torch.Generator().manual_seed(3), dtype=x.dtype)
-    eps = 1e-5
-    with torch.no_grad():
-        fd = (reward(x + eps * d, cond).sum() - reward(x - eps * d, cond).sum()) / (2 * eps)
-    assert g.abs().sum() > 0
-    torch.testing.assert_close((g * d).sum(), fd, rtol=1e-6, atol=1e-9)
+    assert_matches_central_difference(lambda y: reward(y, cond), x, g, rtol=1e-6, atol=1e-9, seed=3)
 
 
 def test_model_cfg_wrapper_is_accepted(hps, tmp_path):

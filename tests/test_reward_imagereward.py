@@ -9,12 +9,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import eam.rewards.imagereward  # noqa: F401  (registers "imagereward" until eam.rewards imports it)
 from eam.checkpoint import MissingWeights
 from eam.prompts import PromptBatch
 from eam.rewards import load_reward
 from eam.rewards.image import to_pil
 from eam.rewards.imagereward import port_key
+from tiny.fd import assert_matches_central_difference
 from tiny.hf import bert_tokenizer
 from tiny.images import smooth_images
 
@@ -309,12 +309,7 @@ def test_gradient_matches_finite_differences(ir_dir):
     x.requires_grad_(True)
     (g,) = torch.autograd.grad(reward(x, cond).sum(), x)
     assert x.grad is None and not any(p.grad is not None for p in reward.parameters())
-    d = torch.randn(x.shape, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
-    eps = 1e-5
-    with torch.no_grad():
-        fd = (reward(x + eps * d, cond).sum() - reward(x - eps * d, cond).sum()) / (2 * eps)
-    assert (g * d).sum().abs() > 1e-3
-    torch.testing.assert_close((g * d).sum(), fd, rtol=1e-6, atol=1e-9)
+    assert_matches_central_difference(lambda y: reward(y, cond), x, g, rtol=1e-6, atol=1e-9, seed=5)
 
 
 @pytest.mark.parametrize("name", ["ImageReward.pt", "med_config.json"])

@@ -1,3 +1,2 @@
-"""Model adapters, registered by name: one file each, exposing `v(x, t, cond)` (`VelocityModel`).
-Importing this package registers them all."""
-from . import digits_flow, sd3, sd15  # noqa: F401  (registration)
+"""Model adapters, registered by name: one file each, exposing `v(x, t, cond)` (`VelocityModel`), found by
+`eam.registry.discover` (a new module here registers itself with `@register("model", NAME, domain=...)`)."""

@@ -57,7 +57,7 @@ class FlowNet(nn.Module):
         return self.out(self.dec(self.merge(torch.cat([h, h1], dim=1)), e))
 
 
-@register("model", "digits_flow")
+@register("model", "digits_flow", domain="digits")
 class DigitsFlow(VelocityModel):
     """v(x, t, cond) with classifier-free guidance in diffusers' convention: v = v_∅ + g (v_c - v_∅),
     g = `guidance_scale` (g = 1: the conditional model alone, one forward). `cond` is a PromptBatch."""

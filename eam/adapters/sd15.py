@@ -17,7 +17,7 @@ from .diffusers_common import DiffusersVelocity
 PREDICTION_KINDS = {"epsilon": "epsilon", "sample": "sample", "v_prediction": "v_prediction"}
 
 
-@register("model", "sd15")
+@register("model", "sd15", domain="image")
 class StableDiffusion15(DiffusersVelocity):
     denoiser_name = "unet"
     name = "sd15"

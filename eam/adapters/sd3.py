@@ -18,7 +18,7 @@ from ..registry import register
 from .diffusers_common import DiffusersVelocity
 
 
-@register("model", "sd3")
+@register("model", "sd3", domain="image")
 class StableDiffusion3(DiffusersVelocity):
     denoiser_name = "transformer"
     name = "sd3"

@@ -56,7 +56,7 @@ def openai_clip_transform(size: int):
                       _rgb, T.ToTensor(), T.Normalize(CLIP_MEAN, CLIP_STD)])
 
 
-@register("reward", "aesthetics")
+@register("reward", "aesthetics", domain="image", weights=True, features=False)
 class Aesthetics(TextImageReward):
     """MLP(normalise(CLIP ViT-L/14 image embedding))."""
 

@@ -14,7 +14,7 @@ from .image import find_weights, has_processor
 MODEL_REPO = "openai/clip-vit-large-patch14"
 
 
-@register("reward", "clipscore")
+@register("reward", "clipscore", domain="image", weights=True, features=True)
 class CLIPScore(HFCLIPReward):
     def scale(self, cos):
         return 100 * cos

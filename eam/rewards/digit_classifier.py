@@ -24,7 +24,7 @@ class ConvClassifier(nn.Module):
         return self.head(self.features(x))
 
 
-@register("reward", "digit_classifier")
+@register("reward", "digit_classifier", domain="digits", weights=True, features=True)
 class DigitClassifierReward(Reward):
     """r(x, prompt) = log p(label | x); `features` (128-d) serve the Fréchet distance to the base."""
 

@@ -43,7 +43,7 @@ class TinyCLIP(nn.Module):
         return nn.functional.normalize(self.image(x), dim=-1)
 
 
-@register("reward", "digit_clip")
+@register("reward", "digit_clip", domain="digits", weights=True, features=False)
 class DigitCLIPScore(Reward):
     def __init__(self, clip: TinyCLIP):
         super().__init__()

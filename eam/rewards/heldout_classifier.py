@@ -22,7 +22,7 @@ class MLPClassifier(nn.Module):
         return self.head(self.features(x))
 
 
-@register("reward", "heldout_classifier")
+@register("reward", "heldout_classifier", domain="digits", weights=True, features=True)
 class HeldoutClassifierReward(DigitClassifierReward):
     arch = MLPClassifier
     _name = "heldout_classifier"

@@ -73,7 +73,7 @@ def letterbox_pil(image, size: int, mean=CLIP_MEAN, std=CLIP_STD) -> torch.Tenso
     return TF.normalize(x, mean, std)
 
 
-@register("reward", "hpsv2")
+@register("reward", "hpsv2", domain="image", weights=True, features=False)
 class HPSv2(TextImageReward):
     """HPSv2.1: cos(image features, prompt features) of the HPS-tuned open_clip model."""
 

@@ -136,7 +136,7 @@ def pil_transform(size: int):
                     Normalize(CLIP_MEAN, CLIP_STD)])
 
 
-@register("reward", "imagereward")
+@register("reward", "imagereward", domain="image", weights=True, features=False)
 class ImageReward(TextImageReward):
     """ImageReward v1.0 on images in [0, 1] and their prompts; frozen, gradients reach the images only."""
 

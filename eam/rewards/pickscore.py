@@ -13,7 +13,7 @@ MODEL_REPO = "yuvalkirstain/PickScore_v1"
 PROCESSOR_REPO = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
 
 
-@register("reward", "pickscore")
+@register("reward", "pickscore", domain="image", weights=True, features=True)
 class PickScore(HFCLIPReward):
     def scale(self, cos):
         return self.model.logit_scale.exp() * cos

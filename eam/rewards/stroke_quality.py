@@ -9,7 +9,7 @@ from ..registry import register
 from .base import Reward
 
 
-@register("reward", "stroke_quality")
+@register("reward", "stroke_quality", domain="digits", weights=False, features=False)
 class StrokeQuality(Reward):
     def __init__(self, gamma: float = 0.25):
         super().__init__()

@@ -7,7 +7,7 @@ from ..registry import register
 from .base import Reward
 
 
-@register("reward", "linear")
+@register("reward", "linear", domain="toy", weights=False, features=False)
 class LinearReward(Reward):
     """r(x) = cᵀx."""
 
@@ -19,7 +19,7 @@ class LinearReward(Reward):
         return x.flatten(1) @ self.c.to(x)
 
 
-@register("reward", "quadratic")
+@register("reward", "quadratic", domain="toy", weights=False, features=False)
 class QuadraticReward(Reward):
     """r(x) = -‖x - center‖² / (2τ)."""
 

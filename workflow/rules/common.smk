@@ -17,8 +17,32 @@ def validate_config(config, schema_path):
         raise WorkflowError(f"config {key}: {error.message.splitlines()[0]} (see config/README.md)")
 
 
+def check_registered_names(config):
+    """The text-to-image section's model and reward names against the registry (`eam list`), in one line; where
+    Snakemake runs without `eam` importable the jobs check them."""
+    try:
+        from eam.registry import catalogue
+    except ImportError:
+        return
+    cat, t2i = catalogue(), config.get("t2i") or {}
+    models = [n for n, t in cat["model"].items() if t["domain"] == "image"]
+    rewards = [n for n, t in cat["reward"].items() if t["domain"] == "image"]
+    featured = [n for n in rewards if cat["reward"][n]["features"]]
+    for key, given, allowed, what in [("model", [t2i["model"]] if "model" in t2i else [], models, "image model"),
+                                      ("rewards", t2i.get("rewards", []), rewards, "image reward"),
+                                      ("metrics", t2i.get("metrics", []), rewards, "image reward"),
+                                      ("features", [t2i["features"]] if "features" in t2i else [], featured,
+                                       "image reward with features"),
+                                      ("weights", list(t2i.get("weights") or {}), rewards, "image reward")]:
+        for name in given:
+            if name not in allowed:
+                raise WorkflowError(f"config t2i.{key}: {name!r} is not a registered {what}; registered: "
+                                    f"{', '.join(allowed)} (`eam list`)")
+
+
 # before anything below reads the config; the schema beside the Snakefile, whatever --directory is
 validate_config(config, Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml")
+check_registered_names(config)
 
 
 RESULTS = "results"
