@@ -52,6 +52,8 @@ class FinetuneConfig:
     grad_clip: float | None = 1.0
     guidance_scale: float = 1.0       # CFG scale of base and model, in sampling and in the adjoint/base terms
     eval_every: int = 25
+    eval_every_nfe: int | None = None  # evaluate every this many NFEs per sample instead (replacing eval_every), so
+                                       # that every method's curve has the same points per unit of compute
     eval_per_prompt: int = 8          # fixed evaluation batch: this many seeds per evaluation prompt
     eval_steps: int = 20              # Heun steps of the evaluation sampler
     ckpt_every: int = 50
@@ -92,9 +94,10 @@ class FinetuneConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"fine-tuning setting {name} must be a positive integer, got {v!r}")
-        b = self.budget_nfe
-        if b is not None and (isinstance(b, bool) or not isinstance(b, (int, float)) or b < 1 or b != int(b)):
-            raise ValueError(f"fine-tuning setting budget_nfe must be a positive integer or null, got {b!r}")
+        for name in ("budget_nfe", "eval_every_nfe"):
+            b = getattr(self, name)
+            if b is not None and (isinstance(b, bool) or not isinstance(b, (int, float)) or b < 1 or b != int(b)):
+                raise ValueError(f"fine-tuning setting {name} must be a positive integer or null, got {b!r}")
         if self.grad_clip is not None and not (isinstance(self.grad_clip, (int, float)) and self.grad_clip > 0):
             raise ValueError(f"fine-tuning setting grad_clip must be a positive number or null, got {self.grad_clip!r}")
         if self.batch % self.shards:
@@ -113,10 +116,15 @@ class FinetuneConfig:
         return (self.am if self.method == "am" else self.eam).nfe_per_sample(cost)
 
     def with_budget(self, cost: int = 1) -> "FinetuneConfig":
-        """A copy whose `iters` spends `budget_nfe` NFEs per sample (at least one iteration)."""
-        if self.budget_nfe is None:
-            return self
-        return replace(self, iters=max(1, int(self.budget_nfe) // self.nfe_per_sample(cost)))
+        """A copy whose `iters` spends `budget_nfe` NFEs per sample (at least one iteration) and whose `eval_every`
+        is `eval_every_nfe` in iterations, where those are set."""
+        per_iter = self.nfe_per_sample(cost)
+        out = self
+        if self.budget_nfe is not None:
+            out = replace(out, iters=max(1, int(self.budget_nfe) // per_iter))
+        if self.eval_every_nfe is not None:
+            out = replace(out, eval_every=max(1, round(int(self.eval_every_nfe) / per_iter)))
+        return out
 
 
 def _build(model_name, model_path, reward_name, reward_path, cfg: "FinetuneConfig", device):

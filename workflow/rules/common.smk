@@ -134,9 +134,11 @@ def correction_fit_args(path):
     if package is not None:
         cfg = package.FinetuneConfig.from_dict(settings)
         budget, iters = cfg.budget_nfe, cfg.iters
+    # its evaluation reward means nothing (λ = 0 on base samples): evaluated only at the start and the end
     if budget is not None:
-        return f"--set budget_nfe={CORRECTION_FIT * int(budget)}"
-    return f"--iters {CORRECTION_FIT * int(iters)}" if iters is not None else ""
+        n = CORRECTION_FIT * int(budget)
+        return f"--set budget_nfe={n} --set eval_every_nfe={n}"
+    return f"--iters {CORRECTION_FIT * int(iters)} --set eval_every={CORRECTION_FIT * int(iters)}" if iters is not None else ""
 
 
 onstart:
