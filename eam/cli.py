@@ -114,6 +114,8 @@ def _finetune(args):
         overrides.apply(settings, *overrides.parse(spec))
         if spec.startswith("iters="):
             settings["budget_nfe"] = None  # as --iters: an explicit length replaces an NFE budget
+        if spec.startswith("eval_every="):
+            settings["eval_every_nfe"] = None  # likewise an explicit evaluation period
     if args.iters is not None:
         if args.iters < 1:
             raise ValueError(f"--iters must be at least 1, got {args.iters}")

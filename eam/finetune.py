@@ -10,6 +10,7 @@ iteration and stop. Outputs land only when training is complete.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -252,17 +253,21 @@ def _shard_generator(cfg: FinetuneConfig, it: int, shard: int) -> torch.Generato
     return torch.Generator().manual_seed((cfg.seed * 1_000_003 + it) * 1009 + shard)
 
 
-def anchor_identity(cfg: FinetuneConfig, model_name: str, model_path) -> dict:
+def anchor_identity(cfg: FinetuneConfig, model_name: str, model_path, train: list) -> dict:
     """What an anchor file must have been computed with to serve a run: the loss's settings (not λ, the seed or
-    the schedule), the model and the base and correction weights."""
-    eam = {k: v for k, v in asdict(cfg.eam).items() if k not in ("anchor", "anchor_batches", "correction")}
+    the schedule), its batches (size, shards, count, training prompts), the model and the base and correction
+    weights."""
+    eam = {k: v for k, v in asdict(cfg.eam).items() if k not in ("anchor", "correction")}
+    eam["anchor_batches"] = cfg.eam.n_anchor
+    prompts = hashlib.sha256(json.dumps(train, sort_keys=True, default=str).encode()).hexdigest()[:16]
     return {"model": model_name, "model_settings": cfg.model, "guidance_scale": cfg.guidance_scale, "eam": eam,
+            "batch": [cfg.batch, cfg.shards], "training_prompts": prompts,
             "base_weights_mtime": weights_stamp(model_path), "correction_weights_mtime": weights_stamp(cfg.eam.correction)}
 
 
-def _load_anchor(cfg: FinetuneConfig, model_name: str, model_path, params: list, device) -> Anchor:
+def _load_anchor(cfg: FinetuneConfig, model_name: str, model_path, train: list, params: list, device) -> Anchor:
     anchor, meta = Anchor.load(cfg.eam.anchor)
-    want = json.loads(json.dumps(anchor_identity(cfg, model_name, model_path)))  # as the file's JSON reads
+    want = json.loads(json.dumps(anchor_identity(cfg, model_name, model_path, train)))  # as the file's JSON reads
     got = meta.get("identity", {})
     for key in want:
         if got.get(key) != want[key]:
@@ -332,7 +337,7 @@ def _finetune(cfg, model_name, model_path, reward_name, reward_path, train_promp
             path, identity=identity, step=it, model=model.trainable_state(), opt=opt.state_dict(),
             sched=sched.state_dict(), rng=rng_state(), nfe=dict(ledger.nfe), seconds=ledger.seconds,
             clipper=(clipper.value, clipper.updates) if clipper else None,
-            anchor=[g.cpu() for g in anchor.grads] if anchor else None,
+            anchor=[g.cpu() for g in anchor.grads] if anchor and not cfg.eam.anchor else None,  # a file's: reread
             log_lines=sum(1 for _ in open(log_path)))
         for old in sorted(work.glob("ckpt-*.pt"), reverse=True)[CKPT_KEEP:]:
             old.unlink()
@@ -384,7 +389,7 @@ def _finetune(cfg, model_name, model_path, reward_name, reward_path, train_promp
     # here before the first step (its cost in this run's ledger) and checkpointed
     anchor = None
     if cfg.method == "eam" and cfg.eam.n_anchor and cfg.eam.anchor and not anchor_only:
-        anchor = _load_anchor(cfg, model_name, model_path, list(model.trainable_parameters()), device)
+        anchor = _load_anchor(cfg, model_name, model_path, train, list(model.trainable_parameters()), device)
     elif cfg.method == "eam" and cfg.eam.n_anchor:
         if state is not None:
             anchor = Anchor([g.to(device) for g in state["anchor"]])
@@ -399,7 +404,7 @@ def _finetune(cfg, model_name, model_path, reward_name, reward_path, train_promp
         summary = {"anchor_batches": cfg.eam.n_anchor, "wall_clock_s": ledger.seconds, "nfe": dict(ledger.nfe),
                    "processes": group.world}
         if group.main:
-            anchor.save(out, {"identity": anchor_identity(cfg, model_name, model_path), **summary})
+            anchor.save(out, {"identity": anchor_identity(cfg, model_name, model_path, train), **summary})
         group.barrier()
         return {**summary, "iters": 0}
 

@@ -201,13 +201,15 @@ def test_corrected_fits_its_correction_on_base_samples_then_uses_it(tiny, tmp_pa
                         f"eam.correction={fit}", "--set", "eam.anchor_batches=2", "--seed", "5", "--anchor-only"],
                        env=env, capture_output=True, text=True)
     assert r.returncode == 0 and "anchor from 2 batches" in r.stdout and not Path(str(anchor) + ".work").exists(), r.stderr
-    subprocess.run([*cmd, "--set", f"eam.correction={fit}", "--set", f"eam.anchor={anchor}", "--out", str(shared)],
-                   check=True, env=env, capture_output=True)
+    shared_cmd = [*cmd, "--set", f"eam.correction={fit}", "--set", f"eam.anchor={anchor}", "--out", str(shared)]
+    r = subprocess.run(shared_cmd, env=env, capture_output=True, text=True)  # the file holds 2 batches, not 400
+    assert r.returncode != 0 and "was written for another eam" in r.stderr.strip().splitlines()[-1], r.stderr
+    subprocess.run([*shared_cmd, "--set", "eam.anchor_batches=2"], check=True, env=env, capture_output=True)
     assert json.loads((shared / "metrics.jsonl").read_text().splitlines()[0])["nfe_total"] == 0
     _assert_same_weights(run, shared)
-    r = subprocess.run([*cmd, "--set", f"eam.correction={fit}", "--set", f"eam.anchor={anchor}", "--set", "eam.n_times=3",
-                        "--out", str(tmp_path / "other")], env=env, capture_output=True, text=True)
-    assert r.returncode != 0 and "was written for another eam" in r.stderr.strip().splitlines()[-1], r.stderr
+    r = subprocess.run([*shared_cmd, "--set", "eam.anchor_batches=2", "--set", "batch=8", "--out", str(tmp_path / "other")],
+                       env=env, capture_output=True, text=True)
+    assert r.returncode != 0 and "was written for another batch" in r.stderr.strip().splitlines()[-1], r.stderr
 
 
 @pytest.mark.parametrize("extra,needle", [

@@ -29,11 +29,19 @@ def _snakemake(workdir, *args):
 
 
 def test_dry_run_of_all_on_the_default_config(tmp_path):
-    p = _snakemake(_workdir(tmp_path), "-n", "all")
+    p = _snakemake(_workdir(tmp_path), "-n", "-p", "all")
     assert p.returncode == 0, p.stderr
-    for rule in ("gmm_run", "gmm_report", "digits_prompts", "digits_base", "digits_reward_model", "digits_finetune",
-                 "digits_sample", "digits_score", "digits_report", "bench_prompts", "bench"):
+    for rule in ("gmm_run", "gmm_report", "digits_prompts", "digits_base", "digits_reward_model", "digits_correction",
+                 "digits_anchor", "digits_finetune", "digits_sample", "digits_score", "digits_report", "bench_prompts",
+                 "bench"):
         assert rule in p.stdout, rule
+    # the default EAM (corrected) runs share the correction and the anchor; AM and the residual ablation use neither
+    runs = [line for line in p.stdout.splitlines() if "eam finetune" in line and "--anchor-only" not in line
+            and "eam.sampler=base" not in line]
+    anchored = [line for line in runs if "--method eam " in line]
+    assert len(anchored) == 6 and all("--set eam.correction=results/digits/models/correction --set "
+                                      "eam.anchor=results/digits/models/anchor.safetensors" in line for line in anchored)
+    assert all("eam.anchor" not in line for line in runs if "--method am " in line or "--method eam-residual " in line)
 
 
 @pytest.mark.parametrize("configfile", ["config/config.yaml", "config/sd3.yaml", "config/sd15.yaml", "config/bench.yaml"])

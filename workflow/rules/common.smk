@@ -20,11 +20,15 @@ def validate_config(config, schema_path):
 def check_registered_names(config):
     """The text-to-image section's model and reward names against the registry (`eam list`), in one line; where
     Snakemake runs without `eam` importable the jobs check them."""
+    t2i = config.get("t2i") or {}
+    if not t2i:
+        return
     try:
         from eam.registry import catalogue
-    except ImportError:
+
+        cat = catalogue()
+    except ImportError:  # a bare Snakemake (e.g. --sdm conda): eam or its dependencies are not importable here
         return
-    cat, t2i = catalogue(), config.get("t2i") or {}
     models = [n for n, t in cat["model"].items() if t["domain"] == "image"]
     rewards = [n for n, t in cat["reward"].items() if t["domain"] == "image"]
     featured = [n for n in rewards if cat["reward"][n]["features"]]
