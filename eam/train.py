@@ -7,7 +7,7 @@ import json
 import time
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from .io import atomic_path
@@ -43,13 +43,12 @@ class Anchor:
     @classmethod
     def load(cls, path) -> tuple["Anchor", dict]:
         try:
-            with open(path, "rb") as f:
-                header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
+            with safe_open(str(path), "pt") as f:
+                meta = json.loads((f.metadata() or {}).get("anchor", "{}"))
             state = load_file(path)
         except (OSError, ValueError, SafetensorError) as e:
             raise ValueError(f"cannot read the anchor file {path} ({type(e).__name__}); write it with "
                              "`eam finetune ... --anchor-only --out FILE`") from None
-        meta = json.loads(header.get("__metadata__", {}).get("anchor", "{}"))
         return cls([state[f"g{i}"] for i in range(len(state))]), meta
 
     @torch.no_grad()
