@@ -29,13 +29,13 @@ from pathlib import Path
 
 import torch
 
-from .finetune import FinetuneConfig, _build, resolve_device
+from .finetune import FinetuneConfig, build_models, resolve_device
 from .io import save_figure, write_json, write_text
-from .losses import am_loss, eam_loss
+from .loop import Trainer
+from .methods import Method, make_method
 from .overrides import applied
 from .phases import recording
 from .prompts import PromptBatch, load_prompt_set
-from .reference import LinearReference
 from .rewards import reward_grad
 
 UNIT_OF = {"model_fwd": "forward", "base_fwd": "forward", "base_vjp": "vjp", "reward_vjp": "reward_vjp",
@@ -136,15 +136,14 @@ def knob_methods(overrides: dict) -> tuple[str, ...]:
     return ("am",) if sections == {"am"} else ("eam",) if sections == {"eam"} else ("am", "eam")
 
 
-def _iteration(method, cfg, model, base, reward, x0, cond, ref, opt, correction=None):
-    if method == "am":
-        o = am_loss(model, base, reward, cfg.lam, x0, cfg.am, cond)
-    else:
-        o = eam_loss(model, base, reward, cfg.lam, x0, ref, cfg.eam, cond, correction=correction)
-    opt.zero_grad(set_to_none=True)
-    o.backward()
-    opt.step()
-    return o
+def _iteration(trainer: Trainer, method: Method, cfg, model, x0, cond):
+    """One training iteration on the fixed batch: the method's loss and backward, then the optimiser step."""
+    def grads():
+        o = method.loss(model, cfg.lam, x0, cond)
+        o.backward()
+        return o
+
+    return trainer.step(grads)
 
 
 def measure(settings: dict, method: str, names: tuple, prompts, warmup: int, repeats: int, device: str,
@@ -156,31 +155,32 @@ def measure(settings: dict, method: str, names: tuple, prompts, warmup: int, rep
     if cfg.eam.base_score == "corrected" and not cfg.eam.correction:
         cfg.eam.correction = names[1]  # the base as correction network: its cost does not depend on its weights
     torch.manual_seed(cfg.seed)
-    base, model, reward, correction = _build(*names, cfg, dev)
+    base, model, reward, correction = build_models(*names, cfg, dev)
     records = load_prompt_set(prompts)
     cond = PromptBatch.from_records([records[i % len(records)] for i in range(cfg.batch)]).to(dev)
     x0 = torch.randn(cfg.batch, *model.sample_shape, generator=torch.Generator().manual_seed(cfg.seed)).to(dev)
-    ref = LinearReference(model.interpolant)
     res = {"shape": list(model.sample_shape), "batch": cfg.batch, "precision": cfg.model.get("precision", "fp32"),
            "guidance_scale": cfg.guidance_scale, "device": _device_name(dev)}
-    opt = torch.optim.Adam(model.trainable_parameters(), lr=0.0)  # lr 0: every iteration costs the same
+    objective = make_method(method, cfg.am, cfg.eam, base, reward, correction)
+    # the training loop's step at lr 0: every iteration costs the same
+    trainer = Trainer(model, model.trainable_parameters(), 0.0, cfg.lr_final, cfg.iters, cfg.grad_clip)
     times = []
     with PeakMemory(dev) as mem:
         for i in range(warmup + repeats):
             _sync(dev)
             t0 = time.perf_counter()
-            o = _iteration(method, cfg, model, base, reward, x0, cond, ref, opt, correction)
+            o = _iteration(trainer, objective, cfg, model, x0, cond)
             _sync(dev)
             if i >= warmup:
                 times.append(time.perf_counter() - t0)
     if not torch.isfinite(o.loss):
         raise FloatingPointError(f"non-finite {method} loss in the benchmark; check the model and reward")
     with recording(dev) as seconds:
-        _iteration(method, cfg, model, base, reward, x0, cond, ref, opt, correction)
+        _iteration(trainer, objective, cfg, model, x0, cond)
     phases = dict(seconds)
     phases["train"] = phases.pop("train_fwd", 0.0) + phases.pop("train_bwd", 0.0)
     if profile_dir is not None:
-        _profile(method, cfg, model, base, reward, x0, cond, ref, opt, dev, Path(profile_dir), correction)
+        _profile(method, trainer, objective, cfg, model, x0, cond, dev, Path(profile_dir))
     if units:  # after the timed block, so that its memory figure starts as clean as the other method's
         res["unit_cost_s_per_nfe"] = unit_costs(model, base, reward, x0, cond, dev)
     res.update({"wall_clock_s": {"median": statistics.median(times), "min": min(times), "max": max(times)},
@@ -189,16 +189,16 @@ def measure(settings: dict, method: str, names: tuple, prompts, warmup: int, rep
     return res
 
 
-def _profile(method, cfg, model, base, reward, x0, cond, ref, opt, dev, out: Path, correction=None):
+def _profile(name, trainer, method, cfg, model, x0, cond, dev, out: Path):
     """One iteration under torch.profiler; the top operators by self time to profile_{method}.txt."""
     from torch.profiler import ProfilerActivity, profile
 
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
     with profile(activities=acts) as prof:
-        _iteration(method, cfg, model, base, reward, x0, cond, ref, opt, correction)
+        _iteration(trainer, method, cfg, model, x0, cond)
         _sync(dev)
     sort = "self_device_time_total" if dev.type == "cuda" else "self_cpu_time_total"
-    write_text(out / f"profile_{method}.txt", prof.key_averages().table(sort_by=sort, row_limit=25) + "\n")
+    write_text(out / f"profile_{name}.txt", prof.key_averages().table(sort_by=sort, row_limit=25) + "\n")
 
 
 def _in_own_process(*args, **kw) -> dict:

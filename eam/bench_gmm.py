@@ -8,17 +8,18 @@ from dataclasses import asdict, dataclass, field, replace
 
 import torch
 import yaml
-from tqdm import tqdm
 
 from .gmm import GaussianMixture, GMMVelocity
 from .interpolants import RectifiedFlow
-from .losses import AMConfig, EAMConfig, QuantileClipper, am_loss, eam_loss
+from .loop import Trainer
+from .loop import run as run_loop
+from .losses import AMConfig, EAMConfig
+from .methods import make_method
 from .metrics import sliced_w2
 from .models import MLP, ResidualVelocity
-from .reference import LinearReference
 from .registry import lookup
 from .samplers import ode_sample
-from .train import EMA, Anchor, Ledger
+from .train import Ledger
 
 
 class CaseError(ValueError):
@@ -161,50 +162,31 @@ def evaluate(model, case: GMMCase, target_samples: torch.Tensor, cfg: GMMTrainCo
 
 def _train(model, base, reward, lam: float, method: str, cfg: GMMTrainConfig, case: GMMCase, correction=None,
            eval_fn=None, desc: str = "", progress: bool = True):
-    """Adam with a cosine schedule and a weight EMA on the method's loss; returns the EMA model, the ledger and
-    the curve of `eval_fn(model)` every eval_every iterations."""
-    ema = EMA(model, cfg.ema)
-    ref = LinearReference(model.interpolant)
-    opt = torch.optim.Adam(model.residual.parameters(), lr=cfg.lr)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda i: cfg.lr_final + (1 - cfg.lr_final) * 0.5 * (1 + math.cos(math.pi * min(i / cfg.iters, 1.0))))
-    clipper = QuantileClipper(cfg.am.clip_quantile) if cfg.am.clip_quantile else None
+    """The method's loss on the one training loop (eam/loop.py) with a weight EMA; returns the EMA model, the
+    ledger and the curve of `eval_fn(model)` every eval_every iterations."""
+    trainer = Trainer(model, model.residual.parameters(), cfg.lr, cfg.lr_final, cfg.iters, cfg.grad_clip, cfg.ema)
+    objective = make_method(method, cfg.am, cfg.eam, base, reward, correction, exact_score=case.mixture.score)
     ledger, curve = Ledger(), []
-    anchor = None  # corrected: the λ = 0 gradient at the base, subtracted from every step (§5.6)
-    if method == "eam" and cfg.eam.n_anchor:
-        def batch_grad(i):
-            opt.zero_grad(set_to_none=True)
-            out = eam_loss(model, base, reward, 0.0, torch.randn(cfg.batch, case.dim), ref, cfg.eam,
-                           exact_score=case.mixture.score, correction=correction)
-            out.backward()
-            ledger.add(out.nfe)
 
+    def grads(it, lam=lam):
+        out = objective.loss(model, lam, torch.randn(cfg.batch, case.dim))
+        out.backward()
+        return {"nfe": out.nfe}
+
+    if method == "eam" and cfg.eam.n_anchor:  # corrected: the λ = 0 gradient at the base (§5.6)
         with ledger:
-            anchor = Anchor.fit(model.residual.parameters(), batch_grad, cfg.eam.n_anchor)
-    for it in tqdm(range(1, cfg.iters + 1), desc=desc, disable=not progress):
-        with ledger:
-            x0 = torch.randn(cfg.batch, case.dim)
-            if method == "am":
-                out = am_loss(model, base, reward, lam, x0, cfg.am, clipper=clipper)
-            else:
-                out = eam_loss(model, base, reward, lam, x0, ref, cfg.eam, exact_score=case.mixture.score,
-                               correction=correction)
-            opt.zero_grad(set_to_none=True)
-            out.backward()
-            if anchor is not None:
-                anchor.apply(model.residual.parameters())
-            if cfg.grad_clip:
-                torch.nn.utils.clip_grad_norm_(model.residual.parameters(), cfg.grad_clip)
-            opt.step()
-            sched.step()
-            ema.update(model)
-            ledger.add(out.nfe)
+            trainer.fit_anchor(lambda i: ledger.add(grads(i, 0.0)["nfe"]), cfg.eam.n_anchor)
+
+    def after(it, stats):
         if eval_fn is not None and (it % cfg.eval_every == 0 or it == cfg.iters):
-            curve.append({"iter": it, "wall_clock_s": ledger.seconds, "nfe_total": ledger.total(), **eval_fn(ema.model)})
+            curve.append({"iter": it, "wall_clock_s": ledger.seconds, "nfe_total": ledger.total(),
+                          **eval_fn(trainer.ema.model)})
             if not progress:  # a line per evaluation in a rule's log
                 print(f"{desc}: iteration {it}/{cfg.iters}, sliced_w2 {curve[-1]['sliced_w2']:.3f}, "
                       f"{ledger.seconds:.0f} s", flush=True)
-    return ema.model, ledger, curve
+
+    run_loop(trainer, ledger, grads, cfg.iters, after=after, desc=desc, progress=progress)
+    return trainer.ema.model, ledger, curve
 
 
 def correction_config(cfg: GMMTrainConfig) -> GMMTrainConfig:

@@ -21,21 +21,20 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from .checkpoint import load_training_state, rng_state, save_training_state, set_rng_state, weights_stamp
 from .distributed import Group, check_device
 from .io import write_json, write_text
-from .losses import AMConfig, EAMConfig, QuantileClipper, am_loss, eam_loss
+from .loop import Trainer
+from .loop import run as run_loop
+from .losses import AMConfig, EAMConfig
+from .methods import METHODS, make_method
 from .prompts import PromptBatch, load_prompt_set
-from .reference import LinearReference
 from .registry import lookup
 from .rewards import load_reward
 from .rewards.image import OnDecoded
 from .samplers import ode_sample
 from .train import Anchor, Ledger
-
-METHODS = ("am", "eam")
 
 
 @dataclass
@@ -128,7 +127,7 @@ class FinetuneConfig:
         return out
 
 
-def _build(model_name, model_path, reward_name, reward_path, cfg: "FinetuneConfig", device):
+def build_models(model_name, model_path, reward_name, reward_path, cfg: "FinetuneConfig", device):
     """Base (frozen) and model from the adapter, and the reward, on latents where the model decodes."""
     base, model = lookup("model", model_name).pair(model_path, guidance_scale=cfg.guidance_scale, **cfg.model)
     reward = load_reward(reward_name, reward_path)
@@ -286,16 +285,13 @@ def _finetune(cfg, model_name, model_path, reward_name, reward_path, train_promp
     out, work = Path(out), Path(str(out) + ".work")
     train, evals = load_prompt_set(train_prompts), load_prompt_set(eval_prompts)
     device = group.device(cfg.device)
-    base, model, reward, correction = _build(model_name, model_path, reward_name, reward_path, cfg, device)
+    base, model, reward, correction = build_models(model_name, model_path, reward_name, reward_path, cfg, device)
     if not anchor_only:
         work.mkdir(parents=True, exist_ok=True)  # only once prompts, device and weights are known good
     cfg = cfg.with_budget(model.cost)
     shape = tuple(model.sample_shape)
-    ref = LinearReference(model.interpolant)
-    opt = torch.optim.Adam(model.trainable_parameters(), lr=cfg.lr)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda i: cfg.lr_final + (1 - cfg.lr_final) * 0.5 * (1 + math.cos(math.pi * min(i / cfg.iters, 1.0))))
-    clipper = QuantileClipper(cfg.am.clip_quantile, gather=group.gathered) if cfg.am.clip_quantile else None
+    trainer = Trainer(model, model.trainable_parameters(), cfg.lr, cfg.lr_final, cfg.iters, cfg.grad_clip)
+    method = make_method(cfg.method, cfg.am, cfg.eam, base, reward, correction, gather=group.gathered)
     ledger, step = Ledger(), 0
     log_path = work / "metrics.jsonl"
     my_shards, shard_size = range(group.rank, cfg.shards, group.world), cfg.batch // cfg.shards
@@ -308,12 +304,10 @@ def _finetune(cfg, model_name, model_path, reward_name, reward_path, train_promp
     group.barrier()  # every process has read the checkpoint before rank 0 changes the folder
     if state is not None:
         model.load_trainable_state(state["model"])
-        opt.load_state_dict(state["opt"])
-        sched.load_state_dict(state["sched"])
+        trainer.load_state_dict(state)
         set_rng_state(state["rng"])
         ledger.nfe, ledger.seconds, step = state["nfe"], state["seconds"], state["step"]
-        if clipper is not None:
-            clipper.value, clipper.updates = state["clipper"]
+        method.load_state(state["clipper"])
         if group.main:
             write_text(log_path, "".join(line + "\n" for line in lines[: state["log_lines"]]))  # later rows go
             print(f"resuming {out} at iteration {step} from {state_path.name}")
@@ -333,32 +327,28 @@ def _finetune(cfg, model_name, model_path, reward_name, reward_path, train_promp
     def checkpoint(it: int) -> Path:
         log.flush()
         path = _checkpoint_path(work, it)
+        anchor = trainer.anchor
         save_training_state(
-            path, identity=identity, step=it, model=model.trainable_state(), opt=opt.state_dict(),
-            sched=sched.state_dict(), rng=rng_state(), nfe=dict(ledger.nfe), seconds=ledger.seconds,
-            clipper=(clipper.value, clipper.updates) if clipper else None,
+            path, identity=identity, step=it, model=model.trainable_state(), **trainer.state_dict(), rng=rng_state(),
+            nfe=dict(ledger.nfe), seconds=ledger.seconds, clipper=method.state(),
             anchor=[g.cpu() for g in anchor.grads] if anchor and not cfg.eam.anchor else None,  # a file's: reread
             log_lines=sum(1 for _ in open(log_path)))
         for old in sorted(work.glob("ckpt-*.pt"), reverse=True)[CKPT_KEEP:]:
             old.unlink()
         return path
 
-    def gradients(it: int, lam: float, draws: torch.Generator | None = None) -> tuple[torch.Tensor, list[str]]:
+    def gradients(it: int, lam: float, draws: torch.Generator | None = None) -> dict:
         """The loss at `lam` on the global batch of iteration `it` (prompts and x_0 from `draws`, default the global
-        stream): this process's shards backpropagated, gradients summed over processes. Returns the totals (loss,
-        non-finite shards, reward, NFEs by kind) and the kinds."""
+        stream): this process's shards backpropagated, gradients summed over processes. Returns the mean loss and
+        training reward and the NFEs by kind, summed over processes."""
         recs = [train[i] for i in torch.randint(len(train), (cfg.batch,), generator=draws).tolist()]
         x0 = torch.randn(cfg.batch, *shape, generator=draws)
-        opt.zero_grad(set_to_none=True)
         loss_sum, reward_sum, nfe = torch.zeros(2, dtype=torch.float64), torch.zeros(1, dtype=torch.float64), {}
         for s in my_shards:
             part = slice(s * shard_size, (s + 1) * shard_size)
             g = _shard_generator(cfg, it, s) if draws is None else torch.Generator().manual_seed(it * 1009 + s)
             cond, xs = PromptBatch.from_records(recs[part]).to(device), x0[part].to(device)
-            if cfg.method == "am":
-                o = am_loss(model, base, reward, lam, xs, cfg.am, cond, clipper=clipper, generator=g)
-            else:
-                o = eam_loss(model, base, reward, lam, xs, ref, cfg.eam, cond, generator=g, correction=correction)
+            o = method.loss(model, lam, xs, cond, generator=g)
             o.backward(1 / cfg.shards)
             loss_sum += torch.tensor([o.loss.item(), float(not torch.isfinite(o.loss))], dtype=torch.float64)
             reward_sum += o.reward.double().sum().cpu()
@@ -369,34 +359,20 @@ def _finetune(cfg, model_name, model_path, reward_name, reward_path, train_promp
         group.sum_grads(model.trainable_parameters())
         if totals[1] > 0:
             raise FloatingPointError(f"non-finite {cfg.method} loss at iteration {it}; lower lr or λ")
-        return totals, kinds
-
-    def nfe_of(totals, kinds) -> dict:
-        return {k: int(round(float(v))) for k, v in zip(kinds, totals[3:])}
-
-    def step_once(it: int) -> tuple[float, float, dict]:
-        """One optimiser step on the global batch."""
-        totals, kinds = gradients(it, cfg.lam)
-        if anchor is not None:
-            anchor.apply(model.trainable_parameters())
-        if cfg.grad_clip:
-            torch.nn.utils.clip_grad_norm_(model.trainable_parameters(), cfg.grad_clip)
-        opt.step()
-        sched.step()
-        return float(totals[0]) / cfg.shards, float(totals[2]) / cfg.batch, nfe_of(totals, kinds)
+        return {"loss": float(totals[0]) / cfg.shards, "reward": float(totals[2]) / cfg.batch,
+                "nfe": {k: int(round(float(v))) for k, v in zip(kinds, totals[3:])}}
 
     # corrected: the λ = 0 gradient at the base (§5.6), from a shared file (its cost is the file's), or fitted
     # here before the first step (its cost in this run's ledger) and checkpointed
-    anchor = None
     if cfg.method == "eam" and cfg.eam.n_anchor and cfg.eam.anchor and not anchor_only:
-        anchor = _load_anchor(cfg, model_name, model_path, train, list(model.trainable_parameters()), device)
+        trainer.anchor = _load_anchor(cfg, model_name, model_path, train, trainer.params, device)
     elif cfg.method == "eam" and cfg.eam.n_anchor:
         if state is not None:
-            anchor = Anchor([g.to(device) for g in state["anchor"]])
+            trainer.anchor = Anchor([g.to(device) for g in state["anchor"]])
         else:
             with ledger:
-                anchor = Anchor.fit(model.trainable_parameters(), lambda i: ledger.add(nfe_of(*gradients(
-                    ANCHOR_STREAM + i, 0.0, torch.Generator().manual_seed(ANCHOR_STREAM + i)))), cfg.eam.n_anchor)
+                trainer.fit_anchor(lambda i: ledger.add(gradients(
+                    ANCHOR_STREAM + i, 0.0, torch.Generator().manual_seed(ANCHOR_STREAM + i))["nfe"]), cfg.eam.n_anchor)
             if group.main and not progress:
                 print(f"{label} seed {cfg.seed}: anchor from {cfg.eam.n_anchor} batches at the base, "
                       f"{ledger.seconds:.0f} s", flush=True)
@@ -404,7 +380,7 @@ def _finetune(cfg, model_name, model_path, reward_name, reward_path, train_promp
         summary = {"anchor_batches": cfg.eam.n_anchor, "wall_clock_s": ledger.seconds, "nfe": dict(ledger.nfe),
                    "processes": group.world}
         if group.main:
-            anchor.save(out, {"identity": anchor_identity(cfg, model_name, model_path, train), **summary})
+            trainer.anchor.save(out, {"identity": anchor_identity(cfg, model_name, model_path, train), **summary})
         group.barrier()
         return {**summary, "iters": 0}
 
@@ -414,17 +390,14 @@ def _finetune(cfg, model_name, model_path, reward_name, reward_path, train_promp
                    **{f"nfe_{k}": v for k, v in ledger.nfe.items()},
                    "eval_reward": evaluate() if group.main else None}
             log.write(json.dumps(row) + "\n")
-        for it in tqdm(range(step + 1, cfg.iters + 1), desc=f"{cfg.method} {reward_name} λ={cfg.lam:g}",
-                       disable=not progress or not group.main, initial=step, total=cfg.iters):
-            with ledger:
-                loss, mean_reward, nfe = step_once(it)
-                ledger.add(nfe)
-            row = {"iter": it, "loss": loss, "reward": mean_reward, "wall_clock_s": ledger.seconds,
+        def after(it: int, stats: dict):
+            """The iteration's log row (with the evaluation every eval_every), checkpoint and stop signals."""
+            row = {"iter": it, "loss": stats["loss"], "reward": stats["reward"], "wall_clock_s": ledger.seconds,
                    "nfe_total": ledger.total(), **{f"nfe_{k}": v for k, v in ledger.nfe.items()}}
             if group.main and (it % cfg.eval_every == 0 or it == cfg.iters):
                 row["eval_reward"] = evaluate()
                 if not progress:  # a line per evaluation, so that a rule's log shows where the run is
-                    print(f"{label} λ={cfg.lam:g} seed {cfg.seed}: iteration {it}/{cfg.iters}, loss {loss:.4g}, "
+                    print(f"{label} λ={cfg.lam:g} seed {cfg.seed}: iteration {it}/{cfg.iters}, loss {stats['loss']:.4g}, "
                           f"eval reward {row['eval_reward']:.4f}, {ledger.seconds:.0f} s", flush=True)
             log.write(json.dumps(row) + "\n")
             flag = group.summed(torch.tensor([float(stop.signum or 0)]), device)  # all stop at the same iteration
@@ -434,6 +407,9 @@ def _finetune(cfg, model_name, model_path, reward_name, reward_path, train_promp
                 group.barrier()
                 if signum and it < cfg.iters:
                     raise Preempted(signum, it, path)
+
+        run_loop(trainer, ledger, lambda it: gradients(it, cfg.lam), cfg.iters, start=step, after=after,
+                 desc=f"{cfg.method} {reward_name} λ={cfg.lam:g}", progress=progress and group.main)
 
     if group.main:
         model.config = {**model.config, "finetune": {**asdict(cfg), "reward": reward_name, "base": str(model_path),
