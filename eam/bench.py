@@ -33,7 +33,7 @@ from .finetune import FinetuneConfig, build_models, resolve_device
 from .io import save_figure, write_json, write_text
 from .loop import Trainer
 from .methods import Method, make_method
-from .overrides import applied
+from .config import applied
 from .phases import recording
 from .prompts import PromptBatch, load_prompt_set
 from .rewards import reward_grad

@@ -139,6 +139,23 @@ class GMMTrainConfig:
     am: AMConfig = field(default_factory=AMConfig)
     eam: EAMConfig = field(default_factory=EAMConfig)
 
+    def __post_init__(self):
+        for name in ("iters", "batch", "hidden", "depth", "eval_every", "n_eval", "eval_steps"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"gmm setting {name} must be a positive integer, got {v!r}")
+        for name in ("lr", "lr_final"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+                raise ValueError(f"gmm setting {name} must be a positive number, got {v!r}")
+        if not (isinstance(self.ema, (int, float)) and 0 <= self.ema < 1):
+            raise ValueError(f"gmm setting ema must lie in [0, 1), got {self.ema!r}")
+        if self.grad_clip is not None and not (isinstance(self.grad_clip, (int, float)) and self.grad_clip > 0):
+            raise ValueError(f"gmm setting grad_clip must be a positive number or null, got {self.grad_clip!r}")
+        if self.correction_iters is not None and (isinstance(self.correction_iters, bool) or
+                                                  not isinstance(self.correction_iters, int) or self.correction_iters < 1):
+            raise ValueError(f"gmm setting correction_iters must be a positive integer or null, got {self.correction_iters!r}")
+
 
 def default_config(method: str) -> GMMTrainConfig:
     """The defaults that converge on the 2-D cases (see README, "Ground truth"). EAM draws x_1 with
@@ -192,8 +209,6 @@ def _train(model, base, reward, lam: float, method: str, cfg: GMMTrainConfig, ca
 def correction_config(cfg: GMMTrainConfig) -> GMMTrainConfig:
     """The fit of `corrected`'s correction network (§5.5): the run's EAM settings with the endpoint target at
     λ = 0 and x_1 from the frozen base."""
-    if cfg.correction_iters is not None and cfg.correction_iters < 1:
-        raise ValueError(f"correction_iters must be at least 1 (or null: 3 × iters), got {cfg.correction_iters}")
     return replace(cfg, iters=cfg.correction_iters or 3 * cfg.iters,
                    eam=replace(cfg.eam, base_score="endpoint", sampler="base"))
 

@@ -5,34 +5,30 @@ import argparse
 import json
 import sys
 
-from . import overrides
+from . import config
 
 
 def _gmm(args):
-    from .bench_gmm import default_config, load_case, run
+    from dataclasses import asdict
+
+    from .bench_gmm import GMMTrainConfig, default_config, load_case, run
     from .io import write_json
 
     case = load_case(args.case)
-    cfg = default_config(args.method)
+    settings = asdict(default_config(args.method))
     if args.iters is not None:
         if args.iters < 1:
             raise ValueError(f"--iters must be at least 1, got {args.iters}")
-        cfg.iters = args.iters
+        settings["iters"] = args.iters
     if args.method == "eam":
-        cfg.eam.base_score = args.base_score
+        settings["eam"]["base_score"] = args.base_score
         if args.delta is not None:
-            if not 0 < args.delta < 1:
-                raise ValueError(f"--delta must lie in (0, 1), got {args.delta}")
-            cfg.eam.delta = args.delta
+            settings["eam"]["delta"] = args.delta
     elif args.base_score != "endpoint" or args.delta is not None:
         raise ValueError("--base-score and --delta apply to --method eam only")
     for spec in args.set or []:
-        overrides.set_field(cfg, *overrides.parse(spec))
-    for name in ("iters", "batch", "eval_every", "n_eval", "eval_steps"):
-        if getattr(cfg, name) < 1:
-            raise ValueError(f"{name} must be at least 1, got {getattr(cfg, name)}")
-    cfg.am.__post_init__()
-    cfg.eam.__post_init__()
+        config.apply(settings, *config.parse(spec))
+    cfg = config.from_mapping(GMMTrainConfig, settings, "gmm")
     result = run(case, args.method, cfg, seed=args.seed, progress=not args.quiet)
     write_json(args.out, result)
     print(f"{case.name} {args.method}: sliced_w2 {result['sliced_w2']:.3f} (floor {result['sliced_w2_floor']:.3f}, "
@@ -111,7 +107,7 @@ def _finetune(args):
     for spec in args.set or []:
         if spec.partition("=")[0] in ("method", "lam", "seed"):
             raise ValueError(f"--set {spec}: use --{spec.partition('=')[0]} for that")
-        overrides.apply(settings, *overrides.parse(spec))
+        config.apply(settings, *config.parse(spec))
         if spec.startswith("iters="):
             settings["budget_nfe"] = None  # as --iters: an explicit length replaces an NFE budget
         if spec.startswith("eval_every="):

@@ -17,12 +17,13 @@ import os
 import shutil
 import signal
 import threading
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
 
 from .checkpoint import load_training_state, rng_state, save_training_state, set_rng_state, weights_stamp
+from .config import from_mapping
 from .distributed import Group, check_device
 from .io import write_json, write_text
 from .loop import Trainer
@@ -66,24 +67,7 @@ class FinetuneConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "FinetuneConfig":
         """Build from a mapping (a YAML section); an unknown or mistyped key is a one-line error."""
-        known = {f.name: f for f in fields(cls)}
-        kw = {}
-        for k, v in (d or {}).items():
-            if k not in known:
-                raise ValueError(f"unknown fine-tuning setting {k!r}; known: {', '.join(known)}")
-            if k == "model" and not isinstance(v or {}, dict):
-                raise ValueError(f"fine-tuning setting model must be a mapping of model settings, got {v!r}")
-            if k in ("am", "eam"):
-                sub = AMConfig if k == "am" else EAMConfig
-                allowed = {f.name for f in fields(sub)}
-                if not isinstance(v or {}, dict):
-                    raise ValueError(f"fine-tuning setting {k} must be a mapping of {k} settings, got {v!r}")
-                bad = set(v or {}) - allowed
-                if bad:
-                    raise ValueError(f"unknown {k} setting {sorted(bad)[0]!r}; known: {', '.join(sorted(allowed))}")
-                v = sub(**(v or {}))
-            kw[k] = v
-        cfg = cls(**kw)
+        cfg = from_mapping(cls, d, "fine-tuning")
         cfg.validate()
         return cfg
 

@@ -98,10 +98,10 @@ def test_every_subcommand_and_flag_has_help():
 
 def test_set_reads_numbers_as_numbers():
     """`--set lr=1e-4`: PyYAML reads 1e-4 (no dot) as a string; --set gives the number."""
-    from eam import overrides
+    from eam import config
 
     settings = {"eam": {"ode_steps": 8}}
     for spec in ("lr=1e-4", "eam.sampler=base", "eam.ode_steps=4", "grad_clip=null", "model.lora.rank=8"):
-        overrides.apply(settings, *overrides.parse(spec))
+        config.apply(settings, *config.parse(spec))
     assert settings == {"lr": 1e-4, "eam": {"ode_steps": 4, "sampler": "base"}, "grad_clip": None,
                         "model": {"lora": {"rank": 8}}}

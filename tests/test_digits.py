@@ -233,7 +233,7 @@ def test_bad_settings_are_rejected_in_one_line():
         FinetuneConfig.from_dict({"learning_rate": 1})
     with pytest.raises(ValueError, match="unknown method 'sgd'"):
         FinetuneConfig.from_dict({"method": "sgd"})
-    with pytest.raises(ValueError, match="unknown eam setting 'steps'"):
+    with pytest.raises(ValueError, match="unknown fine-tuning setting 'eam.steps'"):
         FinetuneConfig.from_dict({"eam": {"steps": 3}})
 
 
@@ -357,6 +357,6 @@ def test_bench_counts_floor_and_knobs(tiny, tmp_path):
     assert all(math.isfinite(v["time_vs_baseline"]) and v["time_vs_baseline"] > 0
                for k in r["knobs"] for v in k["methods"].values())
     assert {"bench.json", "bench.md", "bench.png", "profile_am.txt", "profile_eam.txt"} <= {p.name for p in tmp_path.iterdir()}
-    with pytest.raises(ValueError, match="unknown eam setting 'odesteps'"):
+    with pytest.raises(ValueError, match="unknown fine-tuning setting 'eam.odesteps'"):
         bench(settings, "digits_flow", tiny / "base", "digit_classifier", tiny / "digit_classifier",
               tiny / "prompts/train.jsonl", warmup=0, repeats=1, out=tmp_path, knobs={"typo": {"eam.odesteps": 2}})

@@ -12,13 +12,14 @@ from __future__ import annotations
 import copy
 import json
 from collections import OrderedDict
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
 from ..checkpoint import MissingWeights
+from ..config import from_mapping
 from ..io import atomic_path, write_json
 from ..models import VelocityModel
 
@@ -62,14 +63,7 @@ class DiffusersOptions:
 
     @classmethod
     def from_dict(cls, d: dict | None) -> "DiffusersOptions":
-        known = {f.name for f in fields(cls)}
-        d = dict(d or {})
-        bad = set(d) - known
-        if bad:
-            raise ValueError(f"unknown model setting {sorted(bad)[0]!r}; known: {', '.join(sorted(known))}")
-        if isinstance(d.get("lora"), dict):
-            d["lora"] = LoRA(**d["lora"])
-        opts = cls(**d)
+        opts = from_mapping(cls, d, "model")
         if opts.precision not in PRECISIONS:
             raise ValueError(f"unknown precision {opts.precision!r}; expected one of {', '.join(PRECISIONS)}")
         if opts.time_grid not in (None, "scheduler", "uniform"):

@@ -18,10 +18,10 @@ def validate_config(config, schema_path):
 
 
 def check_registered_names(config):
-    """The text-to-image section's model and reward names against the registry (`eam list`), in one line; where
-    Snakemake runs without `eam` importable the jobs check them."""
-    t2i = config.get("t2i") or {}
-    if not t2i:
+    """The digits and text-to-image sections' model and reward names against the registry (`eam list`), in one
+    line; where Snakemake runs without `eam` importable the jobs check them."""
+    digits, t2i = config.get("digits") or {}, config.get("t2i") or {}
+    if not (digits or t2i):
         return
     try:
         from eam.registry import catalogue
@@ -29,18 +29,22 @@ def check_registered_names(config):
         cat = catalogue()
     except ImportError:  # a bare Snakemake (e.g. --sdm conda): eam or its dependencies are not importable here
         return
-    models = [n for n, t in cat["model"].items() if t["domain"] == "image"]
-    rewards = [n for n, t in cat["reward"].items() if t["domain"] == "image"]
-    featured = [n for n in rewards if cat["reward"][n]["features"]]
-    for key, given, allowed, what in [("model", [t2i["model"]] if "model" in t2i else [], models, "image model"),
-                                      ("rewards", t2i.get("rewards", []), rewards, "image reward"),
-                                      ("metrics", t2i.get("metrics", []), rewards, "image reward"),
-                                      ("features", [t2i["features"]] if "features" in t2i else [], featured,
-                                       "image reward with features"),
-                                      ("weights", list(t2i.get("weights") or {}), rewards, "image reward")]:
+
+    def registered(kind, domain, **traits):
+        return [n for n, t in cat[kind].items() if t["domain"] == domain and all(t[k] == v for k, v in traits.items())]
+
+    checks = [(f"digits.{key}", digits.get(key, []), registered("reward", "digits"), "digits reward")
+              for key in ("rewards", "metrics")]
+    checks += [("t2i.model", [t2i["model"]] if "model" in t2i else [], registered("model", "image"), "image model"),
+               ("t2i.rewards", t2i.get("rewards", []), registered("reward", "image"), "image reward"),
+               ("t2i.metrics", t2i.get("metrics", []), registered("reward", "image"), "image reward"),
+               ("t2i.features", [t2i["features"]] if "features" in t2i else [],
+                registered("reward", "image", features=True), "image reward with features"),
+               ("t2i.weights", list(t2i.get("weights") or {}), registered("reward", "image"), "image reward")]
+    for key, given, allowed, what in checks:
         for name in given:
             if name not in allowed:
-                raise WorkflowError(f"config t2i.{key}: {name!r} is not a registered {what}; registered: "
+                raise WorkflowError(f"config {key}: {name!r} is not a registered {what}; registered: "
                                     f"{', '.join(allowed)} (`eam list`)")
 
 

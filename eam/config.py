@@ -1,0 +1,103 @@
+"""Settings, one way for every settings object: nested dataclasses built from a mapping by one `from_mapping`
+(validated on construction by each dataclass's __post_init__), and one dotted override (`section.key=VALUE`,
+the value read as YAML) shared by `eam finetune --settings/--set`, `eam gmm --set` and the bench knobs."""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import types
+import typing
+
+
+def yaml_value(raw: str):
+    import yaml
+
+    value = yaml.safe_load(raw)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    return value
+
+
+def parse(spec: str) -> tuple[str, object]:
+    """`KEY=VALUE` → (KEY, VALUE read as YAML)."""
+    key, sep, raw = spec.partition("=")
+    if not sep or not key:
+        raise ValueError(f"--set takes KEY=VALUE, got {spec!r}")
+    return key, yaml_value(raw)
+
+
+def apply(settings: dict, key: str, value) -> dict:
+    """Set the dotted `key` of a settings mapping in place (sections created as needed); returns it."""
+    *path, leaf = str(key).split(".")
+    node = settings
+    for part in path:
+        if node.get(part) is None:
+            node[part] = {}
+        node = node[part]
+        if not isinstance(node, dict):
+            raise ValueError(f"setting {key!r}: {part} is not a section")
+    node[leaf] = value
+    return settings
+
+
+def applied(settings: dict, overrides: dict) -> dict:
+    """A copy of `settings` with every dotted override of `overrides` applied."""
+    out = copy.deepcopy(settings)
+    for key, value in overrides.items():
+        apply(out, key, value)
+    return out
+
+
+def _number(value, kinds: tuple):
+    """`value` as the number the field wants where it is one: YAML strings like 1e-4 (PyYAML reads a number without
+    a dot as a string) and integer-valued floats for int fields (1e3); anything else unchanged for the field's
+    own check to name."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and (int in kinds or float in kinds):
+        try:
+            value = float(value)
+        except ValueError:
+            return value
+    if isinstance(value, float) and int in kinds and float not in kinds and value.is_integer():
+        return int(value)
+    if isinstance(value, int) and float in kinds and int not in kinds:
+        return float(value)
+    return value
+
+
+def from_mapping(cls, data, what: str = "", path: str = ""):
+    """The dataclass `cls` from a mapping: nested dataclass fields from their own mappings, numbers from YAML
+    (`_number`); an unknown key or a section that is not a mapping is a one-line error naming it (`what` names the
+    top level in messages, e.g. "fine-tuning"; nested sections go by their dotted path)."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{what} setting {path} must be a mapping of settings, got {data!r}" if path else
+                         f"{what} settings must be a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    known = [f.name for f in dataclasses.fields(cls) if f.init]
+    kw = {}
+    for key, value in data.items():
+        name = f"{path}.{key}" if path else key
+        if key not in known:
+            raise ValueError(f"unknown {what} setting {name!r}; known{f' in {path}' if path else ''}: {', '.join(known)}")
+        hint = hints[key]
+        kinds = typing.get_args(hint) if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union \
+            else (hint,)
+        sub = next((k for k in kinds if dataclasses.is_dataclass(k)), None)
+        if sub is not None and (value is not None or type(None) not in kinds):
+            value = from_mapping(sub, value, what, name)
+        elif dict in kinds or typing.get_origin(hint) is dict:
+            if value is None:
+                value = {}
+            if not isinstance(value, dict):
+                raise ValueError(f"{what} setting {name} must be a mapping of settings, got {value!r}")
+        else:
+            value = _number(value, kinds)
+        kw[key] = value
+    return cls(**kw)
+
