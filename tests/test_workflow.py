@@ -35,13 +35,15 @@ def test_dry_run_of_all_on_the_default_config(tmp_path):
                  "digits_anchor", "digits_finetune", "digits_sample", "digits_score", "digits_report", "bench_prompts",
                  "bench"):
         assert rule in p.stdout, rule
-    # the default EAM (corrected) runs share the correction and the anchor; AM and the residual ablation use neither
+    # the default EAM (corrected) runs share the correction and the anchor (λ = 10 on 3 seeds, the λ = 0 control on
+    # the first: control_seeds 1); AM uses neither
     runs = [line for line in p.stdout.splitlines() if "eam finetune" in line and "--anchor-only" not in line
             and "eam.sampler=base" not in line]
     anchored = [line for line in runs if "--method eam " in line]
-    assert len(anchored) == 6 and all("--set eam.correction=results/digits/models/correction --set "
+    assert len(anchored) == 4 and all("--set eam.correction=results/digits/models/correction --set "
                                       "eam.anchor=results/digits/models/anchor.safetensors" in line for line in anchored)
-    assert all("eam.anchor" not in line for line in runs if "--method am " in line or "--method eam-residual " in line)
+    assert all("eam.anchor" not in line for line in runs if "--method am " in line)
+    assert sum("--method am " in line for line in runs) == 4 and "eam gmm" in p.stdout and "--set eval_every=200" in p.stdout
 
 
 @pytest.mark.parametrize("configfile", ["config/config.yaml", "config/sd3.yaml", "config/sd15.yaml", "config/bench.yaml"])

@@ -162,11 +162,15 @@ onstart:
 # -- digits (workflow/rules/digits.smk) ----------------------------------------------------------------
 DIG = config.get("digits") or {}
 DRES = f"{RESULTS}/digits"
+def run_list(methods, seeds, control_seeds):
+    """method × reward × λ × seed; λ = 0 (the no-reward control) on the first `control_seeds` seeds (null: all)."""
+    return [RUN.format(method=m, reward=r, lam=lam, seed=s) for m in methods for r in DIG.get("rewards", [])
+            for lam in DIG.get("lambdas", []) for s in (seeds[:control_seeds] if lam == 0 and control_seeds else seeds)]
+
+
 # ablations (e.g. eam-endpoint: EAM with the old base-score estimator) run on the first seed only
-RUNS = [*expand(RUN, method=DIG.get("methods", []), reward=DIG.get("rewards", []), lam=DIG.get("lambdas", []),
-                seed=DIG.get("seeds", [])),
-        *expand(RUN, method=DIG.get("ablations") or [], reward=DIG.get("rewards", []), lam=DIG.get("lambdas", []),
-                seed=DIG.get("seeds", [])[:1])]
+RUNS = [*run_list(DIG.get("methods", []), DIG.get("seeds", []), DIG.get("control_seeds")),
+        *run_list(DIG.get("ablations") or [], DIG.get("seeds", [])[:1], None)]
 CORRECTION = f"{DRES}/models/correction"  # `corrected`'s correction network: one per base, shared by every run
 ANCHOR = f"{DRES}/models/anchor.safetensors"  # and its anchor (docs/method.md §5.6), shared the same way
 TRAINED_REWARDS = ["digit_classifier", "heldout_classifier", "digit_clip"]
@@ -216,6 +220,8 @@ def gmm_method_args(wildcards):
             args += f" --delta {GMM.get('delta', 0.05)}"
     if GMM.get("iters"):
         args += f" --iters {GMM['iters']}"
+    if GMM.get("eval_every"):
+        args += f" --set eval_every={GMM['eval_every']}"
     return args
 
 
