@@ -15,7 +15,7 @@ from .loop import Trainer
 from .loop import run as run_loop
 from .losses import AMConfig, EAMConfig
 from .methods import make_method
-from .metrics import sliced_w2
+from .eval.metrics import sliced_w2
 from .models import MLP, ResidualVelocity
 from .registry import lookup
 from .samplers import ode_sample

@@ -37,7 +37,7 @@ def _gmm(args):
 
 
 def _gmm_report(args):
-    from .report import gmm_report
+    from .report.gmm import gmm_report
 
     for path in gmm_report(args.results, args.out):
         print(path)
@@ -183,7 +183,7 @@ def _list(args):
 
 
 def _sample(args):
-    from .evaluate import sample
+    from .eval.samples import sample
 
     settings = _load_yaml(args.settings) if args.settings else {}
     options = settings.get("model") or {} if isinstance(settings, dict) else None
@@ -202,7 +202,7 @@ def _named(spec: str) -> tuple[str, str | None]:
 
 
 def _tilt_truth(args):
-    from .evaluate import tilt_truth
+    from .eval.truth import tilt_truth
 
     if not (args.lam >= 0):
         raise ValueError(f"--lam must be a non-negative number, got {args.lam}")
@@ -217,7 +217,7 @@ def _tilt_truth(args):
 
 
 def _score(args):
-    from .evaluate import score
+    from .eval.metrics import score
 
     res = score(args.samples, args.base_samples, dict(map(_named, args.metric)), _named(args.features), args.out,
                 pstar_path=args.pstar)
@@ -225,7 +225,7 @@ def _score(args):
 
 
 def _finetune_report(args):
-    from .report_finetune import finetune_report
+    from .report.finetune import finetune_report
 
     grid = dict(spec.split("=", 1) for spec in args.grid or [])
     for path in finetune_report(args.runs, args.scores, args.base_scores, args.out, grid, truth_paths=args.truth):

@@ -25,6 +25,7 @@ import torch
 from .checkpoint import load_training_state, rng_state, save_training_state, set_rng_state, weights_stamp
 from .config import from_mapping
 from .distributed import Group, check_device
+from .eval.samples import eval_batch
 from .io import write_json, write_text
 from .loop import Trainer
 from .loop import run as run_loop
@@ -144,15 +145,6 @@ def run_identity(cfg: FinetuneConfig, model_name: str, model_path, reward_name: 
     if cfg.method == "eam" and cfg.eam.n_anchor and cfg.eam.anchor:
         identity["anchor_mtime"] = Path(cfg.eam.anchor).stat().st_mtime if Path(cfg.eam.anchor).is_file() else 0.0
     return identity
-
-
-def eval_batch(records: list[dict], per_prompt: int, shape, stream: int = 0) -> tuple[torch.Tensor, PromptBatch]:
-    """Fixed noise for evaluation: `per_prompt` draws from each record's own seed. `stream` > 0 gives
-    other, independent draws (the base pool of the tilted-law estimate must not reuse evaluation noise)."""
-    noise = [torch.randn(per_prompt, *shape, generator=torch.Generator().manual_seed(r["seed"] + 1_000_003 * stream))
-             for r in records]
-    rows = [r for r in records for _ in range(per_prompt)]
-    return torch.cat(noise), PromptBatch.from_records(rows)
 
 
 class Preempted(Exception):

@@ -5,7 +5,7 @@ import math
 
 import torch
 
-from .interpolants import Interpolant, _bcast
+from .interpolants import Interpolant, bcast
 from .models import VelocityModel
 
 
@@ -102,8 +102,8 @@ class GMMVelocity(VelocityModel):
     def velocity(self, x, t, cond=None):
         alpha, beta, da, db = self.interpolant.coefficients(t)
         D, N = self.mixture.posterior_means(x, alpha, beta)
-        return _bcast(da, x) * D + _bcast(db, x) * N
+        return bcast(da, x) * D + bcast(db, x) * N
 
     def score(self, x, t):
         alpha, beta, _, _ = self.interpolant.coefficients(t)
-        return -self.mixture.posterior_means(x, alpha, beta)[1] / _bcast(beta, x)
+        return -self.mixture.posterior_means(x, alpha, beta)[1] / bcast(beta, x)

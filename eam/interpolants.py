@@ -12,7 +12,7 @@ import torch
 PREDICTIONS = ("velocity", "epsilon", "sample")
 
 
-def _bcast(t: torch.Tensor | float, x: torch.Tensor) -> torch.Tensor:
+def bcast(t: torch.Tensor | float, x: torch.Tensor) -> torch.Tensor:
     """A per-sample time (shape [B] or scalar) shaped to broadcast against x ([B, ...])."""
     t = torch.as_tensor(t, dtype=x.dtype, device=x.device)
     return t.reshape(t.shape + (1,) * (x.dim() - t.dim())) if t.dim() else t
@@ -36,7 +36,7 @@ class Interpolant:
     # -- §1: network outputs <-> (D, N) -------------------------------------------------------
     def to_posterior_means(self, pred: torch.Tensor, x: torch.Tensor, t, kind: str):
         """(D, N) from a network output of `kind` ∈ {velocity, epsilon, sample}; x = αD + βN."""
-        a, b, da, db = (_bcast(c, x) for c in self.coefficients(torch.as_tensor(t, dtype=x.dtype)))
+        a, b, da, db = (bcast(c, x) for c in self.coefficients(torch.as_tensor(t, dtype=x.dtype)))
         if kind == "sample":
             return pred, (x - a * pred) / b
         if kind == "epsilon":
@@ -49,12 +49,12 @@ class Interpolant:
 
     def velocity(self, D, N, t):
         """v = α̇ D + β̇ N."""
-        _, _, da, db = (_bcast(c, D) for c in self.coefficients(torch.as_tensor(t, dtype=D.dtype)))
+        _, _, da, db = (bcast(c, D) for c in self.coefficients(torch.as_tensor(t, dtype=D.dtype)))
         return da * D + db * N
 
     def score(self, N, t):
         """s = ∇ log p_t = -N / β."""
-        return -N / _bcast(self.beta(torch.as_tensor(t, dtype=N.dtype)), N)
+        return -N / bcast(self.beta(torch.as_tensor(t, dtype=N.dtype)), N)
 
     def velocity_to_score(self, v, x, t):
         return self.score(self.to_posterior_means(v, x, t, "velocity")[1], t)
@@ -72,7 +72,7 @@ class Interpolant:
 
     def drift(self, v, x, t, offset: float = 0.0):
         """b(x, t) = 2 v - (α̇/α) x; for two models b_θ - b_base = 2 (v_θ - v_base) exactly."""
-        return 2 * v - _bcast(self.drift_coefficient(t, offset), x) * x
+        return 2 * v - bcast(self.drift_coefficient(t, offset), x) * x
 
     default_sde_step = "euler"
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .interpolants import _bcast
+from .interpolants import bcast
 from .models import VelocityModel
 from .phases import phase
 from .reference import LinearReference
@@ -198,7 +198,7 @@ def am_loss(model: VelocityModel, base: VelocityModel, reward: Reward, lam: floa
         with phase("train_fwd"):
             v_theta = model(x_k, t_k, _repeat_cond(cond, len(ks)))
         out.nfe["model_train"] += len(ks) * B * model.cost
-    _, C, s = (_bcast(c.repeat_interleave(B), x_k) for c in model.interpolant.sde_step(ts[ks], ts[ks + 1], offset, step))
+    _, C, s = (bcast(c.repeat_interleave(B), x_k) for c in model.interpolant.sde_step(ts[ks], ts[ks + 1], offset, step))
     terms = _sqnorm(C / s * (v_theta - v_base[ks].flatten(0, 1)) + s * adj[ks].flatten(0, 1)).view(len(ks), B)
     if cfg.loss_scale == "unit":
         terms = terms / (ts[ks + 1] - ts[ks]).to(terms.dtype)[:, None]
@@ -282,7 +282,7 @@ class EAMConfig:
 def base_score_endpoint(base: VelocityModel, x1: torch.Tensor, delta: float, cond=None) -> torch.Tensor:
     """∇log p_base(x_1) ≈ α' s_base(α' x_1, t'), t' = 1 - δ: the exact score of p_base * N(0, (β'/α')²I)."""
     t = torch.full((x1.shape[0],), 1.0 - delta, dtype=x1.dtype, device=x1.device)
-    a = _bcast(base.interpolant.alpha(t), x1)
+    a = bcast(base.interpolant.alpha(t), x1)
     x = a * x1
     return a * base.interpolant.velocity_to_score(base(x, t, cond), x, t)
 
@@ -345,10 +345,10 @@ def eam_loss(model: VelocityModel, base: VelocityModel, reward: Reward, lam: flo
 
     t = eam_times(cfg, B * M, generator, x0.device, x0.dtype)
     x1m, gm, condm = x1.repeat(M, *[1] * (x1.dim() - 1)), grad_g.repeat(M, *[1] * (x1.dim() - 1)), _repeat_cond(cond, M)
-    a, b = (_bcast(c, x1m) for c in interp.coefficients(t)[:2])
+    a, b = (bcast(c, x1m) for c in interp.coefficients(t)[:2])
     eps = torch.randn(x1m.shape, generator=generator, dtype=x1m.dtype).to(x1m.device)
     xt = a * x1m + b * eps
-    sigma2 = _bcast(interp.sigma(t) ** 2, xt)
+    sigma2 = bcast(interp.sigma(t) ** 2, xt)
     shift = 0.5 * sigma2 * ref.phi(t, xt) * gm  # (σ²/2) Φ(t) ∇g(x_1)
     if cfg.base_score == "bridge":
         # biased ablation: the pretrained control at x_t replaces the base part of the target

@@ -29,10 +29,21 @@ class VelocityModel(nn.Module):
     def velocity(self, x, t, cond=None):
         raise NotImplementedError
 
+    guidance_scale = 1.0  # classifier-free guidance g of conditional models (`guided`); 1: none
+
     @property
     def cost(self) -> int:
         """Network forwards per sample-evaluation (2 where classifier-free guidance runs v_c and v_∅)."""
-        return 1
+        return 1 if self.guidance_scale == 1.0 else 2
+
+    def guided(self, net, x, t, cond, null, stack):
+        """Classifier-free guidance in diffusers' convention, v = v_∅ + g (v_c - v_∅), g = `guidance_scale`, from one
+        call of `net(x, t, conditioning)` on the conditional and null rows stacked (`stack(cond, null())`);
+        g = 1: the conditional rows alone, one call (`null` is then never built)."""
+        if self.guidance_scale == 1.0:
+            return net(x, t, cond)
+        v_c, v_u = net(torch.cat([x, x]), torch.cat([t, t]), stack(cond, null())).chunk(2)
+        return v_u + self.guidance_scale * (v_c - v_u)
 
     def sampling_grid(self, steps: int, device=None, dtype=None) -> torch.Tensor:
         """The times t_0 = 0 < … < t_N = 1 the ODE sampler steps through: uniform, unless the model's own

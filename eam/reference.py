@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from .interpolants import Interpolant, _bcast
+from .interpolants import Interpolant, bcast
 
 
 class LinearReference:
@@ -23,7 +23,7 @@ class LinearReference:
         return cls(interpolant, samples.mean(reduce_dims, keepdim=True)[0], samples.var(reduce_dims, keepdim=True)[0])
 
     def _coeffs(self, x, t):
-        return (_bcast(c, x) for c in self.interpolant.coefficients(torch.as_tensor(t, dtype=x.dtype)))
+        return (bcast(c, x) for c in self.interpolant.coefficients(torch.as_tensor(t, dtype=x.dtype)))
 
     def velocity(self, x, t):
         """v_lin = α̇ m + ((α̇ α S + β̇ β) / (α² S + β²)) (x - α m)."""

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from .interpolants import _bcast
+from .interpolants import bcast
 from .models import VelocityModel
 
 
@@ -27,7 +27,7 @@ def ode_sample(model: VelocityModel, x: torch.Tensor, steps: int, method: str = 
             x = x + h * v
         elif method == "ddim":
             D, N = interp.to_posterior_means(v, x, t, "velocity")
-            x = _bcast(interp.alpha(t_next), x) * D + _bcast(interp.beta(t_next), x) * N
+            x = bcast(interp.alpha(t_next), x) * D + bcast(interp.beta(t_next), x) * N
         elif method == "heun":
             x_pred = x + h * v
             x = x + 0.5 * h * (v + model(x_pred, t_next, cond))
@@ -52,7 +52,7 @@ def sde_sample(model: VelocityModel, x: torch.Tensor, steps: int, offset: float 
     for t, t_next in zip(ts[:-1], ts[1:]):
         v = model(x, t, cond)
         noise = torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
-        A, C, s = (_bcast(c, x) for c in interp.sde_step(t, t_next, offset, step))
+        A, C, s = (bcast(c, x) for c in interp.sde_step(t, t_next, offset, step))
         x = A * x + C * v + s * noise
         traj.append(x)
         vels.append(v)

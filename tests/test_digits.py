@@ -22,7 +22,7 @@ from eam.prompts import PromptBatch, prepare
 from eam.reference import LinearReference
 from eam.registry import lookup
 from eam.rewards import load_reward, reward_grad
-from eam.report_finetune import time_to
+from eam.report.finetune import time_to
 from tiny.fd import assert_matches_central_difference
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -248,7 +248,7 @@ def test_time_to_quality_of_known_curves(tmp_path):
     """AM gains 1.0 linearly over 100 s / 1000 NFEs, EAM reaches the same gain in 25 s / 100 NFEs:
     the threshold is 0.9, reached at 90 s vs 22.5 s (4×) and 900 vs 90 NFEs (10×); a seed whose EAM
     run never gets there is 'not reached' and left out of the mean."""
-    from eam.report_finetune import _time_to_quality_figure, time_to_quality_table, time_to_threshold
+    from eam.report.finetune import _time_to_quality_figure, time_to_quality_table, time_to_threshold
 
     def run(method, seed, top, seconds, nfes):
         curve = [{"eval_reward": top * f, "wall_clock_s": seconds * f, "nfe_total": nfes * f} for f in (0, 0.5, 1)]
@@ -280,7 +280,7 @@ def test_time_to_quality_of_known_curves(tmp_path):
 
 def test_ratio_interval_is_the_t_interval_over_seeds():
     """Ratios 3, 4, 5: mean 4, SE 1/√3, 95% t-interval 4 ± t(0.975, 2)·SE = 4 ± 4.303 · 0.577 = [1.52, 6.48]."""
-    from eam.report_finetune import ratio_summary
+    from eam.report.finetune import ratio_summary
 
     assert ratio_summary([3.0, 4.0, 5.0]) == "4.00 ± 0.58, 95% CI [1.52, 6.48] over 3 pairs"
 

@@ -142,6 +142,12 @@ def test_posterior_means_velocity_score_on_gaussian(name, kind):
     # default dtype, float32, hence the looser tolerance)
     torch.testing.assert_close(LinearReference(interp, m, S).velocity(x, torch.tensor(t0, dtype=F64)), v,
                                rtol=1e-6, atol=1e-6)
+    # and an independent one: the posterior-mean velocity of a one-component Gaussian mixture (itself checked
+    # against quadrature in test_gmm.py), per coordinate m and S
+    from eam.gmm import GaussianMixture, GMMVelocity
+
+    gauss = GMMVelocity(GaussianMixture([1.0], [m.tolist()], [torch.diag(S).tolist()]), interp)
+    torch.testing.assert_close(LinearReference(interp, m, S).velocity(x, t), gauss(x, t).to(F64), rtol=1e-5, atol=1e-5)
 
 
 def test_rf_score_from_velocity_closed_form():

@@ -13,7 +13,7 @@ from eam.losses import AMConfig, EAMConfig, QuantileClipper, am_loss, am_time_su
 from eam.models import MLP, ResidualVelocity, VelocityModel
 from eam.prompts import PromptBatch
 from eam.reference import LinearReference
-from eam.rewards import LinearReward
+from eam.rewards import LinearReward, QuadraticReward
 
 
 def test_last_random_subset_is_the_last_steps_plus_distinct_others():
@@ -33,17 +33,15 @@ def test_stratified_subset_splits_at_sixty_percent():
 
 
 def test_quantile_clipper_follows_the_official_ema():
-    """Running mean of the 0.9-quantile of sqrt(loss) for the first two updates (1/decay = 1.11),
-    then value ← 0.9 value + 0.1 q; entries at or above the threshold are dropped."""
-    clip, value = QuantileClipper(0.9, decay=0.9), None
-    gen = torch.Generator().manual_seed(0)
-    for i in range(6):
-        loss = torch.rand(1000, generator=gen) * (i + 1)
-        q = torch.quantile(loss.sqrt(), 0.9).item()
-        value = q if i == 0 else (value + q) / 2 if i == 1 else 0.9 * value + 0.1 * q
-        mask = clip.update(loss)
-        assert abs(clip.value - value) < 1e-6
-        assert torch.equal(mask.bool(), loss.sqrt() < value)
+    """Worked by hand: sqrt(losses) = 1..10 has 0.9-quantile 9.1 (linear interpolation), so the first update sets
+    the threshold to 9.1 and keeps the 9 entries below it; x4 and x9 losses (quantiles 18.2, 27.3) give a running
+    mean 13.65 for the second update (fewer than 1/decay updates so far), then the EMA 0.9·13.65 + 0.1·27.3 = 15.015."""
+    clip = QuantileClipper(0.9, decay=0.9)
+    k = torch.arange(1, 11, dtype=torch.float64)
+    for scale, value, kept in ((1, 9.1, 9), (4, 13.65, 6), (9, 15.015, 5)):
+        mask = clip.update(scale * k**2)
+        assert clip.value == pytest.approx(value, abs=1e-5)  # the quantile is taken in float32
+        assert mask.tolist() == [1.0] * kept + [0.0] * (10 - kept)
 
 
 def _models():
@@ -130,7 +128,8 @@ class _GuidedResidual(_TwoForwards, ResidualVelocity):
 @torch.no_grad()
 def test_nfe_per_sample_equals_what_the_losses_count():
     """`nfe_per_sample` (the equal-compute budget's unit) against the losses' own NFE ledgers, for every AM
-    time subset and EAM base-score estimator, Euler and Heun, with and without a two-forward model."""
+    time subset and EAM base-score estimator, Euler and Heun, with and without a two-forward model; and the ledgers
+    against the rows that actually reached the networks (each VelocityModel counts the rows it is called on)."""
     mix = GaussianMixture([0.5, 0.5], [[-1.0, 0.0], [1.0, 0.5]], [[[0.3, 0.0], [0.0, 0.2]]] * 2)
     reward, ref, B = LinearReward([1.0, -0.5]), LinearReference(RectifiedFlow()), 8
     for cls, residual in ((GMMVelocity, ResidualVelocity), (_Guided, _GuidedResidual)):
@@ -140,15 +139,21 @@ def test_nfe_per_sample_equals_what_the_losses_count():
         for am in (AMConfig(n_steps=10, n_last=3, n_random=4), AMConfig(n_steps=3, n_last=2, n_random=5),
                    AMConfig(n_steps=10, time_subset="stratified", n_stratified=5), AMConfig(n_steps=6, time_subset="all"),
                    AMConfig(n_steps=10, n_last=3, n_random=4, guidance_in_adjoint=True)):
+            rows = model.nfe + base.nfe
             out = am_loss(model, base, reward, 1.0, torch.randn(B, 2), am)
             assert sum(out.nfe.values()) == B * am.nfe_per_sample(model_cost), am
+            if model_cost == 1:  # the rows that reached the networks (VelocityModel counts them), + B reward VJPs
+                assert model.nfe + base.nfe - rows + B == sum(out.nfe.values()), am
         for bs in ("residual", "corrected", "endpoint", "exact", "bridge"):
             for method in ("euler", "heun"):
                 for sampler in ("model", "base"):
                     eam = EAMConfig(ode_steps=3, ode_method=method, n_times=5, base_score=bs, sampler=sampler)
+                    rows = model.nfe + base.nfe
                     out = eam_loss(model, base, reward, 1.0, torch.randn(B, 2), ref, eam, exact_score=mix.score,
                                    correction=base)
                     assert sum(out.nfe.values()) == B * eam.nfe_per_sample(model_cost), (bs, method, sampler)
+                    if model_cost == 1:
+                        assert model.nfe + base.nfe - rows + B == sum(out.nfe.values()), (bs, method, sampler)
 
 
 def test_am_guides_only_its_sampled_trajectory_by_default():
@@ -180,6 +185,55 @@ def test_am_guides_only_its_sampled_trajectory_by_default():
         assert rows == {"model": N * 2 * B + 2 * g * B, "base": N * g * B}, (guided, rows)
         assert sum(out.nfe.values()) == B * cfg.nfe_per_sample(2)
         assert model.guidance_scale == base.guidance_scale == 3.0
+
+
+class _Shifted(VelocityModel):
+    """The base plus a constant c: v_θ - v_base = c everywhere, so the AM term's control part is known."""
+
+    def __init__(self, base, c):
+        super().__init__(base.interpolant)
+        self.base, self.c = base, torch.nn.Parameter(c)
+
+    def velocity(self, x, t, cond=None):
+        return self.base(x, t) + self.c
+
+
+def test_am_terms_match_the_autograd_adjoint_of_the_unrolled_sde():
+    """Independent of `lean_adjoint` and the term's assembly: the trajectory rebuilt from the SDE as written,
+    X' = X + h (2v - X/(t + o)) + σ(t + o) √h ξ (rectified flow, offset o, the sampler's noise stream), the adjoint
+    ã_k = ∂[-λ r(X_N)]/∂X_k by autograd through the unrolled steps after k (noise fixed; the control c is a
+    constant, so this is the base's Jacobian along the model's path), and each term h‖(2/σ_k) c + σ_k ã_k‖²."""
+    mix = GaussianMixture([0.5, 0.5], [[-1.0, 0.0], [1.0, 0.5]], [[[0.3, 0.0], [0.0, 0.2]]] * 2)
+    base = GMMVelocity(mix, RectifiedFlow())
+    c, lam, N, B = torch.tensor([0.3, -0.2]), 1.5, 6, 16
+    model, reward = _Shifted(base, c), QuadraticReward([0.5, 0.25], 0.7)
+    x0 = torch.randn(B, 2, generator=torch.Generator().manual_seed(1))
+    out = am_loss(model, base, reward, lam, x0, AMConfig(n_steps=N, time_subset="all"),
+                  generator=torch.Generator().manual_seed(3))
+    h = 1.0 / N
+    g = torch.Generator().manual_seed(3)
+    noise = [torch.randn(B, 2, generator=g) for _ in range(N)]
+    sigma = [float(base.interpolant.sigma(torch.tensor(k * h), h)) for k in range(N)]
+
+    def step(k, x):
+        t = torch.full((B,), k * h)
+        return x + h * (2 * model(x, t) - x / (k * h + h)) + sigma[k] * h**0.5 * noise[k]
+
+    xs = [x0]
+    with torch.no_grad():
+        for k in range(N):
+            xs.append(step(k, xs[-1]))
+    terms = []
+    for k in range(N):
+        xk = xs[k].clone().requires_grad_(True)
+        x = xk
+        for j in range(k, N):
+            x = step(j, x)
+        (adj,) = torch.autograd.grad(-lam * reward(x).sum(), xk)
+        terms.append(h * ((2 / sigma[k]) * c + sigma[k] * adj).pow(2).sum(1))
+    expected = torch.stack(terms).mean()
+    assert float(out.loss) == pytest.approx(float(expected), rel=1e-4)
+    assert torch.allclose(out.reward, reward(xs[-1]), atol=1e-5)  # the same path
 
 
 class _Spy(QuantileClipper):

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from eam.metrics import sliced_w2
+from eam.eval.metrics import sliced_w2
 
 F64 = torch.float64
 N_SAMPLES, N_PROJ = 1600, 1600  # cost ~ n·P (sorting); relative error ~ sqrt(1/(2P) + 8/(‖μ‖² n))

@@ -1,6 +1,7 @@
 """Plugins are declared once: the README's "Adding a reward", followed in a copy of the package, makes a new
 reward visible to `eam list`, the reward loader and the text-to-image workflow's config check, by that one
-file alone; a misspelt name stops the workflow in one line that lists the registered ones."""
+file alone; a misspelt name stops the workflow in one line that lists the registered ones. "Adding a base
+model", followed the same way, gives a model that `eam list` shows and AM and EAM fine-tune."""
 import json
 import os
 import re
@@ -23,20 +24,30 @@ def _howto(tag: str) -> tuple[str, str]:
     return m.group(1), m.group(2)
 
 
-@pytest.fixture(scope="module")
-def with_new_reward(tmp_path_factory):
-    """A copy of `eam/` with the README's example reward added, and an environment that imports it."""
-    root = tmp_path_factory.mktemp("repo")
+def _copy_with(tmp_path_factory, tag: str) -> dict:
+    """A copy of the project with the README's example file for `tag` added (and nothing else changed), and an
+    environment that imports it."""
+    root = tmp_path_factory.mktemp(f"repo-{tag}")
     for name in ("eam", "workflow", "config", "profiles"):  # Snakemake imports from its Snakefile's folder first
         shutil.copytree(ROOT / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("Snakefile", "environment.yml"):
         shutil.copy(ROOT / name, root / name)
-    path, code = _howto("reward")
+    path, code = _howto(tag)
     (root / path).write_text(code)
     changed = sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()
                      if not (ROOT / p.relative_to(root)).exists() or (ROOT / p.relative_to(root)).read_bytes() != p.read_bytes())
     assert changed == [path], changed  # one file, nothing else touched
     return {**os.environ, "PYTHONPATH": str(root)}
+
+
+@pytest.fixture(scope="module")
+def with_new_reward(tmp_path_factory):
+    return _copy_with(tmp_path_factory, "reward")
+
+
+@pytest.fixture(scope="module")
+def with_new_model(tmp_path_factory):
+    return _copy_with(tmp_path_factory, "model")
 
 
 def _python(env, code: str) -> str:
@@ -96,3 +107,51 @@ def test_a_registration_declares_exactly_its_traits():
     with pytest.raises(TypeError, match=r"must declare exactly \['domain', 'features', 'weights'\]"):
         register("reward", "no_traits")
     assert {"sd3", "sd15"} <= {n for n, t in catalogue()["model"].items() if t["domain"] == "image"}
+
+
+def test_the_new_model_is_listed_guided_fine_tuned_and_sampled(with_new_model, tmp_path):
+    env = {**with_new_model, "OMP_NUM_THREADS": "1"}
+    listed = json.loads(subprocess.run([sys.executable, "-m", "eam.cli", "list", "--json"], env=env,
+                                       capture_output=True, text=True, check=True, cwd="/").stdout)
+    assert listed["model"]["digits_mlp"]["domain"] == "digits"
+    base = tmp_path / "base"
+    out = _python(env, f"""
+import torch
+from eam.adapters.digits_mlp import DigitsMLP, MLPNet
+from eam.prompts import PromptBatch
+torch.manual_seed(0)
+DigitsMLP(MLPNet(hidden=32)).save({str(base)!r})
+m = DigitsMLP.load({str(base)!r}, guidance_scale=3.0)
+x, t = torch.randn(4, 1, 8, 8), torch.rand(4)
+labels = torch.tensor([1, 2, 3, 4])
+cond = PromptBatch(["a"] * 4, labels)
+v_c, v_u = m.net(x, t, labels), m.net(x, t, torch.full_like(labels, 10))  # two separate calls
+print(float((m(x, t, cond) - (v_u + 3.0 * (v_c - v_u))).abs().max()), m.cost)
+""")
+    err, cost = out.split()
+    assert float(err) < 1e-5 and cost == "2"
+    prompts = tmp_path / "prompts"
+    settings = tmp_path / "s.yaml"
+    settings.write_text("batch: 4\neval_every: 1\neval_per_prompt: 2\neval_steps: 2\nckpt_every: 1\nlr: 1.0e-3\n"
+                        "am: {n_steps: 4, n_last: 2, n_random: 1}\neam: {ode_steps: 2, n_times: 2}\n")
+    eam = [sys.executable, "-m", "eam.cli"]
+    run = lambda *a: subprocess.run([*eam, *a], env=env, capture_output=True, text=True, timeout=300, cwd="/")  # noqa: E731
+    p = run("prompts", str(ROOT / "config/prompts/digits.txt"), "--domain", "digits", "--out", str(prompts))
+    assert p.returncode == 0, p.stderr
+    for method in ("am", "eam"):
+        p = run("finetune", "--model", "digits_mlp", "--model-path", str(base), "--reward", "stroke_quality",
+                "--method", method, "--lam", "5", "--iters", "2", "--settings", str(settings),
+                "--prompts", str(prompts / "train.jsonl"), "--eval-prompts", str(prompts / "eval.jsonl"),
+                "--out", str(tmp_path / method), "--quiet")
+        assert p.returncode == 0, p.stderr[-2000:]
+        rows = [json.loads(line) for line in (tmp_path / method / "metrics.jsonl").read_text().splitlines()]
+        assert [r["iter"] for r in rows] == [0, 1, 2] and all(abs(r["loss"]) < 1e6 for r in rows[1:])
+    p = run("sample", "--model", "digits_mlp", "--model-path", str(tmp_path / "eam"), "--prompts",
+            str(prompts / "eval.jsonl"), "--per-prompt", "2", "--steps", "2", "--out", str(tmp_path / "s.safetensors"))
+    assert p.returncode == 0, p.stderr[-2000:]
+    changed = _python(env, f"""
+from safetensors.torch import load_file
+a, b = load_file({str(base / "model.safetensors")!r}), load_file({str(tmp_path / "eam/model.safetensors")!r})
+print(max(float((a[k] - b[k]).abs().max()) for k in a))
+""")
+    assert float(changed) > 0  # fine-tuning moved the weights, and the result loads as the same model

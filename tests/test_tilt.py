@@ -6,9 +6,10 @@ import math
 import pytest
 import torch
 
-from eam import tilt
+from eam.eval import truth as tilt
+from eam.eval.metrics import energy_distance, energy_distance_grouped
 from eam.gmm import GaussianMixture
-from eam.metrics import sliced_w2
+from eam.eval.metrics import sliced_w2
 
 F64 = torch.float64
 C = torch.tensor([1.0, 1.0], dtype=F64)
@@ -91,9 +92,9 @@ def test_energy_distance_against_the_gaussian_closed_form(gen):
     n = 3000
     x, y = torch.randn(n, 1, generator=gen, dtype=F64), 0.5 + 0.6 * torch.randn(n, 1, generator=gen, dtype=F64)
     exact = 2 * _abs_diff_mean(0.5, 1.36) - _abs_diff_mean(0, 2.0) - _abs_diff_mean(0, 0.72)
-    assert tilt.energy_distance(x, y) == pytest.approx(exact, abs=0.01)
+    assert energy_distance(x, y) == pytest.approx(exact, abs=0.01)
     m = 32
-    floors = [tilt.energy_distance(torch.randn(m, 1, generator=gen, dtype=F64), torch.randn(m, 1, generator=gen, dtype=F64))
+    floors = [energy_distance(torch.randn(m, 1, generator=gen, dtype=F64), torch.randn(m, 1, generator=gen, dtype=F64))
               for _ in range(400)]
     floors = torch.tensor(floors)
     expected = (2 / m) * 2 / math.sqrt(math.pi)
@@ -108,9 +109,9 @@ def test_grouped_energy_distance_and_its_jackknife_se(gen):
         x = torch.randn(320, 4, generator=gen, dtype=F64)
         return x + shift * torch.tensor([1.0, 0, 0, 0], dtype=F64), torch.randn(320, 4, generator=gen, dtype=F64)
     for shift in (0.0, 0.5):
-        reps = [tilt.energy_distance_grouped(*draw(shift), 32, 32) for _ in range(150)]
+        reps = [energy_distance_grouped(*draw(shift), 32, 32) for _ in range(150)]
         spread = float(torch.tensor([r["mean"] for r in reps]).std())
         jack = float(torch.tensor([r["se"] for r in reps]).mean())
         assert 0.6 < jack / spread < 1.6, (shift, jack, spread)
-    far, floor = tilt.energy_distance_grouped(*draw(0.5), 32, 32), tilt.energy_distance_grouped(*draw(0.0), 32, 32)
+    far, floor = energy_distance_grouped(*draw(0.5), 32, 32), energy_distance_grouped(*draw(0.0), 32, 32)
     assert far["mean"] > floor["mean"] + 3 * far["se"]

@@ -161,11 +161,6 @@ class DiffusersVelocity(VelocityModel):
         raise NotImplementedError
 
     # -- the model interface ---------------------------------------------------------------------
-    @property
-    def cost(self) -> int:
-        """Denoiser rows per sample-evaluation: 2 under classifier-free guidance."""
-        return 1 if self.guidance_scale == 1.0 else 2
-
     def embed(self, texts: list[str]) -> tuple[torch.Tensor, ...]:
         """Embeddings of a batch of prompts, each prompt encoded once and kept (LRU, 4096 prompts)."""
         todo = list(dict.fromkeys(t for t in texts if t not in self._cache))
@@ -192,14 +187,10 @@ class DiffusersVelocity(VelocityModel):
         texts = getattr(cond, "texts", None)
         if texts is None or len(texts) != x.shape[0]:
             raise ValueError(f"{self.name} is text-conditional: pass a PromptBatch with one prompt per sample")
-        emb = self.embed(list(texts))
         with self.autocast():
-            if self.guidance_scale == 1.0:
-                return self.predict(denoiser, x, t, emb).to(x.dtype)
-            null = self.embed([self.options.negative_prompt] * len(texts))
-            both = tuple(torch.cat([c, u]) for c, u in zip(emb, null))
-            v_c, v_u = self.predict(denoiser, torch.cat([x, x]), torch.cat([t, t]), both).to(x.dtype).chunk(2)
-        return v_u + self.guidance_scale * (v_c - v_u)
+            return self.guided(lambda x_, t_, e: self.predict(denoiser, x_, t_, e).to(x.dtype), x, t,
+                               self.embed(list(texts)), lambda: self.embed([self.options.negative_prompt] * len(texts)),
+                               lambda c, u: tuple(torch.cat([a, b]) for a, b in zip(c, u)))
 
     def decode(self, x: torch.Tensor) -> torch.Tensor:
         """Latents → RGB images in [0, 1] through the VAE (differentiable, for the reward's VJP)."""

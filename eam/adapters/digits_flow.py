@@ -70,19 +70,12 @@ class DigitsFlow(VelocityModel):
         self.guidance_scale = float(guidance_scale)
         self.config = {}
 
-    @property
-    def cost(self) -> int:
-        return 1 if self.guidance_scale == 1.0 else 2
-
     def velocity(self, x, t, cond=None):
         if cond is None or cond.labels is None:
             raise ValueError("digits_flow is class-conditional: pass a PromptBatch with labels")
         labels = cond.labels.to(x.device)
-        if self.guidance_scale == 1.0:
-            return self.net(x, t, labels)
-        null = torch.full_like(labels, self.net.n_classes)
-        v_c, v_u = self.net(torch.cat([x, x]), torch.cat([t, t]), torch.cat([labels, null])).chunk(2)
-        return v_u + self.guidance_scale * (v_c - v_u)
+        return self.guided(self.net, x, t, labels, lambda: torch.full_like(labels, self.net.n_classes),
+                           lambda c, u: torch.cat([c, u]))
 
     def save(self, directory):
         save_pretrained(directory, self.net, {"model": "digits_flow", **self.config})

@@ -27,7 +27,6 @@ and, with `--project-scores`, from a `--project-only` run in the project's pinne
 from __future__ import annotations
 
 import hashlib
-import json
 import sys
 import warnings
 from pathlib import Path

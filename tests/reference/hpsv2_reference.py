@@ -136,7 +136,7 @@ def main() -> int:
             f"max |project letterbox_pil - authors' preprocess_val| on the pixels, per size: "
             + ", ".join(f"{s} {d:.1e}" for s, d in pix.items())
             + f"\nspread of the reference scores over these images and prompts: {spread:.4f}"
-            + f"\nnot compared, 224x160 (longer side already 224): authors' preprocess_val gives shape "
+            + "\nnot compared, 224x160 (longer side already 224): authors' preprocess_val gives shape "
             + f"{tuple(preprocess_val(edge[0]).shape)} and hpsv2.score {edge_ref}; the project pads it to "
             + f"224x224 and scores {edge_ours:.6f}")
     return C.report("HPSv2.1: eam score_pil vs hpsv2.score(image, prompt, hps_version='v2.1')", rows,

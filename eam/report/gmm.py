@@ -10,7 +10,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from .io import save_figure, write_text  # noqa: E402
+from ..io import save_figure, write_text  # noqa: E402
 
 
 def variant(result: dict) -> str:

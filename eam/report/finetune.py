@@ -19,7 +19,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.ticker import EngFormatter  # noqa: E402
 
-from .io import save_figure, write_text  # noqa: E402
+from ..io import save_figure, write_text  # noqa: E402
 
 COLORS = {"am": "tab:blue", "eam": "tab:orange", "eam-endpoint": "tab:green", "eam-residual": "tab:red",
           "eam-bridge": "tab:purple"}
@@ -244,7 +244,7 @@ def _row_label(label: str) -> str:
 
 def _grid(samples: dict, path, per_prompt_shown: int = 4):
     """Rows: base and each shown run; columns: the evaluation prompts, a few seeds each."""
-    from .evaluate import load_samples
+    from ..eval.samples import load_samples
 
     rows = []
     for label, p in samples.items():
