@@ -15,6 +15,7 @@ from .loop import Trainer
 from .loop import run as run_loop
 from .losses import AMConfig, EAMConfig
 from .methods import make_method
+from .config import check_positive
 from .eval.metrics import sliced_w2
 from .models import MLP, ResidualVelocity
 from .registry import lookup
@@ -140,21 +141,11 @@ class GMMTrainConfig:
     eam: EAMConfig = field(default_factory=EAMConfig)
 
     def __post_init__(self):
-        for name in ("iters", "batch", "hidden", "depth", "eval_every", "n_eval", "eval_steps"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"gmm setting {name} must be a positive integer, got {v!r}")
-        for name in ("lr", "lr_final"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
-                raise ValueError(f"gmm setting {name} must be a positive number, got {v!r}")
-        if not (isinstance(self.ema, (int, float)) and 0 <= self.ema < 1):
+        check_positive(self, "gmm", ints=("iters", "batch", "hidden", "depth", "eval_every", "n_eval", "eval_steps",
+                                          "correction_iters"), numbers=("lr", "lr_final", "grad_clip"),
+                       optional=("grad_clip", "correction_iters"))
+        if isinstance(self.ema, bool) or not (isinstance(self.ema, (int, float)) and 0 <= self.ema < 1):
             raise ValueError(f"gmm setting ema must lie in [0, 1), got {self.ema!r}")
-        if self.grad_clip is not None and not (isinstance(self.grad_clip, (int, float)) and self.grad_clip > 0):
-            raise ValueError(f"gmm setting grad_clip must be a positive number or null, got {self.grad_clip!r}")
-        if self.correction_iters is not None and (isinstance(self.correction_iters, bool) or
-                                                  not isinstance(self.correction_iters, int) or self.correction_iters < 1):
-            raise ValueError(f"gmm setting correction_iters must be a positive integer or null, got {self.correction_iters!r}")
 
 
 def default_config(method: str) -> GMMTrainConfig:

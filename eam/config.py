@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import types
 import typing
 
@@ -101,3 +102,19 @@ def from_mapping(cls, data, what: str = "", path: str = ""):
         kw[key] = value
     return cls(**kw)
 
+
+
+
+def check_positive(obj, what: str, ints=(), numbers=(), optional=()):
+    """One-line errors for the fields of `obj` that must be positive integers (`ints`) or positive finite numbers
+    (`numbers`); those also in `optional` may be null. `what` names the settings (e.g. "fine-tuning")."""
+    for name in (*ints, *numbers):
+        v = getattr(obj, name)
+        if v is None and name in optional:
+            continue
+        plain = isinstance(v, (int, float)) and not isinstance(v, bool)
+        ok = plain and (isinstance(v, int) and v >= 1 if name in ints else math.isfinite(v) and v > 0)
+        if not ok:
+            kind = "integer" if name in ints else "number"
+            raise ValueError(f"{what} setting {name} must be a positive {kind}{' or null' if name in optional else ''}, "
+                             f"got {v!r}")

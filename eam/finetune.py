@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from .checkpoint import load_training_state, rng_state, save_training_state, set_rng_state, weights_stamp
-from .config import from_mapping
+from .config import check_positive, from_mapping
 from .distributed import Group, check_device
 from .eval.samples import eval_batch
 from .io import write_json, write_text
@@ -75,24 +75,15 @@ class FinetuneConfig:
     def validate(self):
         if self.method not in METHODS:
             raise ValueError(f"unknown method {self.method!r}; expected one of {', '.join(METHODS)}")
-        for name in ("iters", "batch", "shards", "eval_every", "eval_per_prompt", "eval_steps", "ckpt_every"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"fine-tuning setting {name} must be a positive integer, got {v!r}")
-        for name in ("budget_nfe", "eval_every_nfe"):
-            b = getattr(self, name)
-            if b is not None and (isinstance(b, bool) or not isinstance(b, (int, float)) or b < 1 or b != int(b)):
-                raise ValueError(f"fine-tuning setting {name} must be a positive integer or null, got {b!r}")
-        if self.grad_clip is not None and not (isinstance(self.grad_clip, (int, float)) and self.grad_clip > 0):
-            raise ValueError(f"fine-tuning setting grad_clip must be a positive number or null, got {self.grad_clip!r}")
+        check_positive(self, "fine-tuning", ints=("iters", "batch", "shards", "eval_every", "eval_per_prompt", "eval_steps",
+                                                  "ckpt_every", "budget_nfe", "eval_every_nfe"),
+                       numbers=("lr", "lr_final", "guidance_scale", "grad_clip"),
+                       optional=("budget_nfe", "eval_every_nfe", "grad_clip"))
         if self.batch % self.shards:
             raise ValueError(f"fine-tuning batch {self.batch} must be a multiple of shards {self.shards}")
-        for name in ("lam", "lr", "lr_final", "guidance_scale"):
-            v = getattr(self, name)
-            low_ok = name == "lam" and v == 0  # λ = 0: the no-reward control, which must not drift
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or (v <= 0 and not low_ok):
-                raise ValueError(f"fine-tuning setting {name} must be a {'non-negative' if name == 'lam' else 'positive'} "
-                                 f"number, got {v!r}")
+        lam = self.lam  # λ = 0: the no-reward control, which must not drift
+        if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not math.isfinite(lam) or lam < 0:
+            raise ValueError(f"fine-tuning setting lam must be a non-negative number, got {lam!r}")
         self.am.__post_init__()
         self.eam.__post_init__()
 
