@@ -1,8 +1,10 @@
 """`eam bench`: the per-iteration cost of AM and EAM on one model adapter, reward and shape, against
 the floor of method.md's cost model, and the measured effect of the speed knobs.
 
-For each method: W warm-up and R measured training iterations (loss, backward, optimiser step) on the
-same batch, recording wall-clock (median, min, max), function evaluations by kind and peak memory
+For each method: W warm-up and R measured training iterations on the same batch, each the training loop's own
+step (`loop.Trainer.step`: zero grads, the method's loss with AM's clipping where set, backward, gradient clipping
+where set, Adam at lr 0, the schedule), recording wall-clock (median, min, max), function evaluations by kind and
+peak memory
 (allocated accelerator memory on a GPU; on the CPU the growth of the resident set during the measured
 iterations). The floor prices each iteration's evaluations at unit costs measured on the same model
 and batch: one sampling forward, one base VJP, one reward VJP and one training forward+backward per

@@ -97,12 +97,32 @@ def from_mapping(cls, data, what: str = "", path: str = ""):
                 value = {}
             if not isinstance(value, dict):
                 raise ValueError(f"{what} setting {name} must be a mapping of settings, got {value!r}")
+        elif isinstance(value, (list, tuple)) and any(typing.get_origin(k) in (list, tuple) for k in kinds):
+            items = next(typing.get_args(k) for k in kinds if typing.get_origin(k) in (list, tuple))
+            value = [_number(v, items) for v in value]  # [2e-3, 9e-3]: numbers inside lists too
         else:
-            value = _number(value, kinds)
+            value = _check_type(_number(value, kinds), kinds, what, name)
         kw[key] = value
     return cls(**kw)
 
 
+PLAIN = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+
+
+def _check_type(value, kinds: tuple, what: str, name: str):
+    """`value` if it is of one of the plain types of its field's hint (bool, int, float, str; None where the hint
+    allows it; a bool is not an integer, an integer is a number), else a one-line error naming the field."""
+    plain = [k for k in kinds if k in PLAIN]
+    if not plain or value is None and type(None) in kinds:
+        return value
+    ok = any(isinstance(value, bool) if k is bool else
+             isinstance(value, (int, float)) and not isinstance(value, bool) if k is float else
+             isinstance(value, int) and not isinstance(value, bool) if k is int else isinstance(value, k)
+             for k in plain)
+    if not ok:
+        wanted = " or ".join(PLAIN[k] for k in plain) + (" or null" if type(None) in kinds else "")
+        raise ValueError(f"{what} setting {name} must be {wanted}, got {value!r}")
+    return value
 
 
 def check_positive(obj, what: str, ints=(), numbers=(), optional=()):

@@ -26,10 +26,6 @@ class Method:
     def loss(self, model, lam: float, x0: torch.Tensor, cond=None, generator=None) -> LossOutput:
         raise NotImplementedError
 
-    def nfe_per_sample(self, cost: int = 1) -> int:
-        """Function evaluations per sample and iteration, as `loss` counts them."""
-        raise NotImplementedError
-
     def state(self):
         return None
 
@@ -46,9 +42,6 @@ class AdjointMatching(Method):
 
     def loss(self, model, lam, x0, cond=None, generator=None):
         return am_loss(model, self.base, self.reward, lam, x0, self.cfg, cond, clipper=self.clipper, generator=generator)
-
-    def nfe_per_sample(self, cost=1):
-        return self.cfg.nfe_per_sample(cost)
 
     def state(self):
         return (self.clipper.value, self.clipper.updates) if self.clipper else None
@@ -71,9 +64,6 @@ class EfficientAdjointMatching(Method):
     def loss(self, model, lam, x0, cond=None, generator=None):
         return eam_loss(model, self.base, self.reward, lam, x0, self.ref, self.cfg, cond, exact_score=self.exact_score,
                         generator=generator, correction=self.correction)
-
-    def nfe_per_sample(self, cost=1):
-        return self.cfg.nfe_per_sample(cost)
 
 
 def make_method(name: str, am: AMConfig, eam: EAMConfig, base, reward, correction=None, exact_score=None,

@@ -20,8 +20,31 @@ def test_yaml_exponents_are_numbers():
     cfg = FinetuneConfig.from_dict(yaml.safe_load("lr: 1e-4\niters: 1e3\neam: {delta: 5e-2, ode_steps: 4.0}\n"))
     assert (cfg.lr, cfg.iters, cfg.eam.delta, cfg.eam.ode_steps) == (1e-4, 1000, 0.05, 4)
     assert type(cfg.iters) is int and type(cfg.eam.ode_steps) is int
-    with pytest.raises(ValueError, match="iters must be a positive integer, got 2.5"):
+    with pytest.raises(ValueError, match="fine-tuning setting iters must be an integer, got 2.5"):
         FinetuneConfig.from_dict({"iters": 2.5})
+
+
+@pytest.mark.parametrize("section, data, message", [
+    ("fine-tuning", {"eam": {"ode_steps": True}}, "fine-tuning setting eam.ode_steps must be an integer, got True"),
+    ("fine-tuning", {"device": 3}, "fine-tuning setting device must be a string, got 3"),
+    ("fine-tuning", {"eam": {"correction": 5}}, "fine-tuning setting eam.correction must be a string or null, got 5"),
+    ("model", {"compile": "false"}, "model setting compile must be true or false, got 'false'"),
+    ("model", {"lora": {"rank": "8.5"}}, "model setting lora.rank must be an integer, got 8.5"),
+])
+def test_every_field_takes_only_its_type(section, data, message):
+    """A bool is not an integer, a string is not a switch: each field's type from its annotation, in one line."""
+    from eam.adapters.diffusers_common import DiffusersOptions
+
+    build = FinetuneConfig.from_dict if section == "fine-tuning" else DiffusersOptions.from_dict
+    with pytest.raises(ValueError) as e:
+        build(data)
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_numbers_inside_lists_are_numbers_too():
+    from eam.adapters.diffusers_common import DiffusersOptions
+
+    assert DiffusersOptions.from_dict(yaml.safe_load("betas: [2e-3, 9e-3]")).betas == (0.002, 0.009)
 
 
 @pytest.mark.parametrize("data, message", [

@@ -144,6 +144,8 @@ def test_bad_config_is_rejected(tmp_path, bad, needle):
      "s.yaml: unknown fine-tuning setting 'learning_rate'"),
     ("digits:\n  settings: s.yaml\n", "iters: 10\neam: {ode_steps: [3\n",  # a YAML error names file and line
      "s.yaml, line 3: not valid YAML"),
+    ("digits:\n  rewards: [pickscore]\n  metrics: [pickscore]\n", None,  # registered, but not a digits reward
+     "config digits.rewards: 'pickscore' is not a registered digits reward; registered: digit_classifier, digit_clip,"),
 ])
 def test_config_and_settings_errors_are_one_line(tmp_path, config, settings, line):
     wd = _workdir(tmp_path)

@@ -17,6 +17,9 @@ def validate_config(config, schema_path):
         raise WorkflowError(f"config {key}: {error.message.splitlines()[0]} (see config/README.md)")
 
 
+TRAINED_REWARDS = ["digit_classifier", "heldout_classifier", "digit_clip"]  # digits rewards whose weights the DAG trains
+
+
 def check_registered_names(config):
     """The digits and text-to-image sections' model and reward names against the registry (`eam list`), in one
     line; where Snakemake runs without `eam` importable the jobs check them."""
@@ -33,8 +36,9 @@ def check_registered_names(config):
     def registered(kind, domain, **traits):
         return [n for n, t in cat[kind].items() if t["domain"] == domain and all(t[k] == v for k, v in traits.items())]
 
-    checks = [(f"digits.{key}", digits.get(key, []), registered("reward", "digits"), "digits reward")
-              for key in ("rewards", "metrics")]
+    # a digits reward with weights must be one the DAG trains (TRAINED_REWARDS); the others need none
+    digit_rewards = [n for n in registered("reward", "digits") if n in TRAINED_REWARDS or not cat["reward"][n]["weights"]]
+    checks = [(f"digits.{key}", digits.get(key, []), digit_rewards, "digits reward") for key in ("rewards", "metrics")]
     checks += [("t2i.model", [t2i["model"]] if "model" in t2i else [], registered("model", "image"), "image model"),
                ("t2i.rewards", t2i.get("rewards", []), registered("reward", "image"), "image reward"),
                ("t2i.metrics", t2i.get("metrics", []), registered("reward", "image"), "image reward"),
@@ -173,7 +177,6 @@ RUNS = [*run_list(DIG.get("methods", []), DIG.get("seeds", []), DIG.get("control
         *run_list(DIG.get("ablations") or [], DIG.get("seeds", [])[:1], None)]
 CORRECTION = f"{DRES}/models/correction"  # `corrected`'s correction network: one per base, shared by every run
 ANCHOR = f"{DRES}/models/anchor.safetensors"  # and its anchor (docs/method.md §5.6), shared the same way
-TRAINED_REWARDS = ["digit_classifier", "heldout_classifier", "digit_clip"]
 
 
 def needs_correction(method):
