@@ -187,17 +187,6 @@ def test_am_guides_only_its_sampled_trajectory_by_default():
         assert model.guidance_scale == base.guidance_scale == 3.0
 
 
-class _Shifted(VelocityModel):
-    """The base plus a constant c: v_θ - v_base = c everywhere, so the AM term's control part is known."""
-
-    def __init__(self, base, c):
-        super().__init__(base.interpolant)
-        self.base, self.c = base, torch.nn.Parameter(c)
-
-    def velocity(self, x, t, cond=None):
-        return self.base(x, t) + self.c
-
-
 def test_am_terms_match_the_autograd_adjoint_of_the_unrolled_sde():
     """Independent of `lean_adjoint` and the term's assembly: the trajectory rebuilt from the SDE as written,
     X' = X + h (2v - X/(t + o)) + σ(t + o) √h ξ (rectified flow, offset o, the sampler's noise stream), the adjoint
@@ -206,7 +195,7 @@ def test_am_terms_match_the_autograd_adjoint_of_the_unrolled_sde():
     mix = GaussianMixture([0.5, 0.5], [[-1.0, 0.0], [1.0, 0.5]], [[[0.3, 0.0], [0.0, 0.2]]] * 2)
     base = GMMVelocity(mix, RectifiedFlow())
     c, lam, N, B = torch.tensor([0.3, -0.2]), 1.5, 6, 16
-    model, reward = _Shifted(base, c), QuadraticReward([0.5, 0.25], 0.7)
+    model, reward = _Shifted(base, c), QuadraticReward([0.5, 0.25], 0.7)  # v_θ - v_base = c everywhere
     x0 = torch.randn(B, 2, generator=torch.Generator().manual_seed(1))
     out = am_loss(model, base, reward, lam, x0, AMConfig(n_steps=N, time_subset="all"),
                   generator=torch.Generator().manual_seed(3))
