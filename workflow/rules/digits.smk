@@ -153,6 +153,7 @@ rule digits_finetune:
         f"{RESULTS}/logs/digits/runs/{RUN}.log",
     conda:
         ENV
+    priority: 1  # before the pool, samples and scores: the short jobs then fill the last gaps on the cores
     threads: 1
     resources:
         runtime=60,

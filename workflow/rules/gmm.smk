@@ -13,6 +13,7 @@ rule gmm_run:
         f"{RESULTS}/logs/gmm/{{case}}/{{variant}}/seed{{seed}}.log",
     conda:
         ENV
+    priority: 2  # the longest jobs after the digits chain's: started early, beside it
     threads: 1
     resources:
         mem_mb=2000,
