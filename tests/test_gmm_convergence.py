@@ -67,11 +67,14 @@ def test_reaches_the_exact_tilted_mixture(tmp_path, case, variant):
     assert res["sliced_w2"] <= _bound(res), (res["sliced_w2"], res["sliced_w2_floor"])
 
 
-@pytest.mark.slow(minutes=3.5)
+@pytest.mark.slow(minutes=1.7)
 @pytest.mark.parametrize("case", ["mix2d_linear"])  # its bias in closed form: test_gaussian_tilt.py
 def test_bridge_stays_off(tmp_path, case):
-    res = _run(tmp_path, case, "--method", "eam", "--base-score", "bridge")
+    """Half the default iterations suffice to see it: bridge is already past p* there (measured: mean reward
+    1.358 against the exact 0.907, sliced-W2 0.368 against the bound 0.115), a bias, not a short run."""
+    res = _run(tmp_path, case, "--method", "eam", "--base-score", "bridge", "--iters", "400")
     assert res["sliced_w2"] > 2 * _bound(res), (res["sliced_w2"], res["sliced_w2_floor"])
+    assert res["reward_mean"] > res["reward_mean_exact"] + 0.2, (res["reward_mean"], res["reward_mean_exact"])
 
 
 SMALL_MODE = 3  # the component at (2.2, -2) of mix2d_quadratic: weight 0.20 in the base, 0.131 under p*
