@@ -13,7 +13,8 @@ configfile: "config/config.yaml"
 include: "workflow/rules/common.smk"  # validates the config against workflow/schemas/ first
 
 
-# Each benchmark section of the config is optional (config/sd3.yaml sets gmm and digits to null).
+# Each benchmark section of the config is optional (config/sd3.yaml sets gmm and digits to null); digits and
+# t2i share the fine-tuning rules of finetune.smk, one entry each (FT in common.smk).
 if config.get("gmm"):
 
     include: "workflow/rules/gmm.smk"
@@ -24,9 +25,7 @@ if config.get("digits"):
     include: "workflow/rules/digits.smk"
 
 
-if config.get("t2i"):
-
-    include: "workflow/rules/t2i.smk"
+include: "workflow/rules/finetune.smk"
 
 
 if config.get("bench"):
@@ -38,6 +37,5 @@ rule all:
     default_target: True
     input:
         rules.gmm_all.input if config.get("gmm") else [],
-        rules.digits_all.input if config.get("digits") else [],
-        rules.t2i_all.input if config.get("t2i") else [],
+        [getattr(rules, f"{e['prefix']}_all").input for e in FT.values()],
         rules.bench_all.input if config.get("bench") else [],

@@ -57,6 +57,32 @@ def test_paper_config_dry_runs_all(tmp_path, name):
     assert re.search(rf"^t2i_finetune\s+{n_runs}$", p.stdout, re.M), p.stdout[-2000:]
 
 
+def test_corrected_eam_gets_the_shared_correction_and_anchor_rules(tmp_path):
+    """The t2i entry runs the same rule set as digits: settings choosing `corrected` add its one-off correction
+    fit and anchor for the base, and every EAM run (not AM) reads both."""
+    settings = {**TINY_SETTINGS, "eam": {**TINY_SETTINGS["eam"], "base_score": "corrected", "anchor_batches": 2}}
+    cfg = _tiny_config(tmp_path, "sd3", rewards=["pickscore"], lambdas=[10], seeds=[0, 1])
+    Path(yaml.safe_load(cfg.read_text())["t2i"]["settings"]).write_text(yaml.safe_dump(settings))
+    p = _snakemake(cfg, "-n", "-p", "all")
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert re.search(r"^t2i_correction\s+1$", p.stdout, re.M) and re.search(r"^t2i_anchor\s+1$", p.stdout, re.M)
+    runs = [ln for ln in p.stdout.splitlines() if "eam finetune" in ln]
+    fit = [ln for ln in runs if "eam.sampler=base" in ln]
+    assert len(fit) == 1 and "--method eam-endpoint --lam 0" in fit[0] and "--out results/sd3/models/correction" in fit[0]
+    assert f"--reward pickscore --reward-path {tmp_path / 'models' / 'clip'}" in fit[0], fit[0]
+    uses = "--set eam.correction=results/sd3/models/correction --set eam.anchor=results/sd3/models/anchor.safetensors"
+    assert sum(uses in ln for ln in runs if "--method eam " in ln) == 2
+    assert all("eam.correction" not in ln for ln in runs if "--method am " in ln)
+
+
+def test_a_t2i_name_that_is_another_benchmarks_folder_is_refused(tmp_path):
+    cfg = _tiny_config(tmp_path, "sd3")
+    cfg.write_text(cfg.read_text().replace("name: sd3", "name: digits"))
+    p = _snakemake(cfg, "-n", "all")
+    lines = [ln for ln in (p.stdout + p.stderr).splitlines() if "t2i.name" in ln]
+    assert p.returncode != 0 and len(lines) == 1 and "'digits' is another benchmark's results folder" in lines[0]
+
+
 @pytest.mark.slow(minutes=2.5)
 def test_tiny_sd3_run_completes(tmp_path):
     cfg = _tiny_config(tmp_path, "sd3", rewards=["pickscore"], metrics=["pickscore", "clipscore"], lambdas=[10],

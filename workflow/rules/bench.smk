@@ -14,8 +14,7 @@ for _name, _b in BENCH.items():
 # Timings are only meaningful on an otherwise idle machine: each bench job waits for every other job
 # of the DAG (the other benchmarks' targets, all weights) and for the bench before it.
 OTHER_TARGETS = [*(rules.gmm_all.input if config.get("gmm") else []),
-                 *(rules.digits_all.input if config.get("digits") else []),
-                 *(rules.t2i_all.input if config.get("t2i") else [])]
+                 *(f for e in FT.values() for f in getattr(rules, f"{e['prefix']}_all").input)]
 
 
 rule bench_weights:

@@ -72,10 +72,11 @@ def parent(path):
     return str(Path(path).parent)
 
 
-def grid_args(paths, methods, lambdas):
-    """`--grid` of the report: the base's samples, then each method's at the largest λ (first seed)."""
-    top = max(lambdas)
-    return " ".join([f"base={paths[0]}", *(f"{m.upper()}_lam{top}={p}" for m, p in zip(methods, paths[1:]))])
+def grid_args(paths):
+    """`--grid` of the report: the base's samples, then each method's (paths .../samples/METHOD/REWARD/lamL/seedS),
+    labelled METHOD_lamL."""
+    labels = (f"{Path(p).parts[-4].upper()}_{Path(p).parts[-2]}" for p in paths[1:])
+    return " ".join([f"base={paths[0]}", *(f"{label}={p}" for label, p in zip(labels, paths[1:]))])
 
 
 def check_files(paths, what):
@@ -163,51 +164,102 @@ onstart:
         )
 
 
-# -- digits (workflow/rules/digits.smk) ----------------------------------------------------------------
+# -- fine-tuning benchmarks (workflow/rules/finetune.smk): the digits default and text-to-image ------------
 DIG = config.get("digits") or {}
-DRES = f"{RESULTS}/digits"
-def run_list(methods, seeds, control_seeds):
+T2I = config.get("t2i") or {}
+
+
+def run_list(section, methods, seeds, control_seeds):
     """method × reward × λ × seed; λ = 0 (the no-reward control) on the first `control_seeds` seeds (null: all)."""
-    return [RUN.format(method=m, reward=r, lam=lam, seed=s) for m in methods for r in DIG.get("rewards", [])
-            for lam in DIG.get("lambdas", []) for s in (seeds[:control_seeds] if lam == 0 and control_seeds else seeds)]
+    return [RUN.format(method=m, reward=r, lam=lam, seed=s) for m in methods for r in section["rewards"]
+            for lam in section["lambdas"] for s in (seeds[:control_seeds] if lam == 0 and control_seeds else seeds)]
 
 
-# ablations (e.g. eam-endpoint: EAM with the old base-score estimator) run on the first seed only
-RUNS = [*run_list(DIG.get("methods", []), DIG.get("seeds", []), DIG.get("control_seeds")),
-        *run_list(DIG.get("ablations") or [], DIG.get("seeds", [])[:1], None)]
-CORRECTION = f"{DRES}/models/correction"  # `corrected`'s correction network: one per base, shared by every run
-ANCHOR = f"{DRES}/models/anchor.safetensors"  # and its anchor (docs/method.md §5.6), shared the same way
+def runs_of(section):
+    """A benchmark's runs: its methods on every seed, its ablations (e.g. eam-endpoint: EAM with the old
+    base-score estimator) on the first seed only."""
+    seeds = section["seeds"]
+    return [*run_list(section, section["methods"], seeds, section.get("control_seeds")),
+            *run_list(section, section.get("ablations") or [], seeds[:1], None)]
 
 
-def needs_correction(method):
+# One entry per benchmark, keyed by its results folder: what its rules differ in. A weights folder under
+# results/ is made by the DAG (an input of the jobs that read it); any other path or hub id is read as it is.
+FT = {}
+if DIG:
+    FT["digits"] = dict(
+        prefix="digits", section=DIG, model="digits_flow", model_path=f"{RESULTS}/digits/models/base",
+        prompts=[DIG["prompts"]], eval_prompts=[], domain="digits", features="digit_classifier", truth=DIG["truth"],
+        weights={n: f"{RESULTS}/digits/models/{n}" for n in TRAINED_REWARDS},  # trained by digits.smk
+        threads=1, resources={"finetune": {"runtime": 60}, "correction": {"runtime": 60}, "anchor": {"runtime": 30},
+                              "sample": {}, "score": {}})
+if T2I:
+    if T2I["name"] in ("digits", "gmm", "bench", "logs"):
+        raise WorkflowError(f"config t2i.name: {T2I['name']!r} is another benchmark's results folder; choose another")
+    _gpu = {"gpu": T2I.get("gpus", 1), "mem_mb": T2I.get("mem_mb", 64000)}
+    _runtime = T2I.get("runtime_min") or {}
+    _train = {**_gpu, "runtime": _runtime.get("finetune", 720)}
+    FT[T2I["name"]] = dict(
+        prefix="t2i", section=T2I, model=T2I["model"], model_path=T2I["model_path"], prompts=T2I["prompts"]["train"],
+        eval_prompts=T2I["prompts"].get("eval", []), domain="text", features=T2I["features"], truth=T2I.get("truth"),
+        weights=T2I.get("weights") or {}, threads=4,
+        resources={"finetune": _train, "correction": _train, "anchor": _train,
+                   "sample": {**_gpu, "runtime": _runtime.get("sample", 120)}, "score": {**_gpu, "runtime": 60}})
+for _e in FT.values():
+    _e["runs"] = runs_of(_e["section"])
+
+
+def named(bench, name):
+    """`NAME=FOLDER` for a reward with a configured weights folder, else `NAME` (analytic, or the hub cache)."""
+    path = FT[bench]["weights"].get(name)
+    return f"{name}={path}" if path else name
+
+
+def made_weights(bench, names):
+    """The weight files among `names` that the DAG makes (inputs of the jobs that read them)."""
+    paths = (FT[bench]["weights"].get(n) for n in sorted(set(names)))
+    return [f"{p}/model.safetensors" for p in paths if p and p.startswith(f"{RESULTS}/")]
+
+
+def metric_args(bench):
+    return " ".join(f"--metric {named(bench, n)}" for n in FT[bench]["section"]["metrics"])
+
+
+def model_dir(bench, run):
+    """The model a run's samples come from: the base, or a fine-tuned run folder."""
+    return FT[bench]["model_path"] if run == "base" else f"{RESULTS}/{bench}/runs/{run}"
+
+
+def model_files(bench, run):
+    """The model's weights file where the DAG makes it (the digits base, every fine-tuned run)."""
+    path = model_dir(bench, run)
+    return [f"{path}/model.safetensors"] if path.startswith(f"{RESULTS}/") else []
+
+
+def weights_flag(bench, name, flag):
+    """`FLAG FOLDER` for a reward with a configured weights folder; nothing for analytic rewards or the hub cache."""
+    path = FT[bench]["weights"].get(name)
+    return f"{flag} {path}" if path else ""
+
+
+def pstar(w):
+    """The p* set a run's samples are compared with (none for the base, or without a `truth` section)."""
+    if w.run == "base" or not FT[w.bench]["truth"]:
+        return []
+    _, reward, lam, _ = w.run.split("/")
+    return f"{RESULTS}/{w.bench}/truth/{reward}/{lam}/pstar_a.safetensors"
+
+
+def needs_correction(bench, method):
     """Whether an EAM run (eam: the settings file's variant; eam-VARIANT) uses the correction network."""
     if not method.startswith("eam"):
         return False
-    return (method.partition("-")[2] or settings_base_score(DIG["settings"])) == "corrected"
+    return (method.partition("-")[2] or settings_base_score(FT[bench]["section"]["settings"])) == "corrected"
 
 
-def needs_anchor(method):
+def needs_anchor(bench, method):
     """Whether a `corrected` run subtracts the shared anchor (unless its settings set eam.anchor_batches: 0)."""
-    return needs_correction(method) and settings_anchor_batches(DIG["settings"]) != 0
-
-
-def reward_dir(name):
-    """Weights folder of a trained digits reward; None for analytic rewards."""
-    return f"{DRES}/models/{name}" if name in TRAINED_REWARDS else None
-
-
-def metric_args(names):
-    return " ".join(f"--metric {n}={reward_dir(n)}" if reward_dir(n) else f"--metric {n}" for n in names)
-
-
-def truth_dir(run):
-    """The tilted-law folder of a run `method/reward/lamL/seedS`."""
-    _, reward, lam, _ = run.split("/")
-    return f"{DRES}/truth/{reward}/{lam}"
-
-
-def model_dir(w):
-    return f"{DRES}/models/base" if w.run == "base" else f"{DRES}/runs/{w.run}"
+    return needs_correction(bench, method) and settings_anchor_batches(FT[bench]["section"]["settings"]) != 0
 
 
 # -- Gaussian mixtures (workflow/rules/gmm.smk) --------------------------------------------------------
@@ -257,34 +309,3 @@ def bench_inputs(w):
     before = names[: names.index(w.name)]
     return [*OTHER_TARGETS, *(f for n in names for f in weight_files(n)),
             *(f"{BRES}/{n}/bench.json" for n in before[-1:])]
-
-
-# -- text-to-image (workflow/rules/t2i.smk) -----------------------------------------------------------
-T2I = config.get("t2i") or {}
-TRES = f"{RESULTS}/{T2I.get('name')}"
-TRUNS = expand(RUN, method=T2I.get("methods", []), reward=T2I.get("rewards", []), lam=T2I.get("lambdas", []),
-               seed=T2I.get("seeds", []))
-T2I_WEIGHTS = T2I.get("weights") or {}
-T2I_TRUTH = T2I.get("truth")
-T2I_RUNTIME = T2I.get("runtime_min") or {}
-T2I_MEM = T2I.get("mem_mb", 64000)
-GPU = T2I.get("gpus", 1)
-T2I_FEATURES = f"{T2I.get('features')}={T2I_WEIGHTS[T2I['features']]}" if T2I_WEIGHTS.get(T2I.get("features")) \
-    else T2I.get("features")
-
-
-def weights_arg(name, flag):
-    """`FLAG PATH` for a reward whose weights folder is configured; nothing for the HF cache."""
-    return f"{flag} {T2I_WEIGHTS[name]}" if T2I_WEIGHTS.get(name) else ""
-
-
-def t2i_metric_args():
-    return " ".join(f"--metric {n}={T2I_WEIGHTS[n]}" if T2I_WEIGHTS.get(n) else f"--metric {n}" for n in T2I["metrics"])
-
-
-def t2i_pstar(w):
-    """The p* set a run's samples are compared with (none for the base, or without `truth:`)."""
-    if w.run == "base" or not T2I_TRUTH:
-        return []
-    _, reward, lam, _ = w.run.split("/")
-    return f"{TRES}/truth/{reward}/{lam}/pstar_a.safetensors"
