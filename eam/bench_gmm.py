@@ -9,16 +9,14 @@ from dataclasses import asdict, dataclass, field, replace
 import torch
 import yaml
 
-from .gmm import GaussianMixture, GMMVelocity
-from .interpolants import RectifiedFlow
+from .gmm import GaussianMixture
 from .loop import Trainer
 from .loop import run as run_loop
 from .losses import AMConfig, EAMConfig
 from .methods import make_method
 from .config import check_positive
 from .eval.metrics import sliced_w2
-from .models import MLP, ResidualVelocity
-from .registry import lookup
+from .registry import lookup, names
 from .samplers import ode_sample
 from .train import Ledger
 
@@ -43,11 +41,8 @@ class GMMCase:
         return lookup("reward", self.reward_spec["type"])(**spec)
 
     def target(self) -> GaussianMixture:
-        """The exact tilted mixture p* ∝ p_base e^{λ r}."""
-        spec = self.reward_spec
-        if spec["type"] == "linear":
-            return self.mixture.tilt_linear(spec["c"], self.lam)
-        return self.mixture.tilt_quadratic(spec["center"], spec["tau"], self.lam)
+        """The exact tilted mixture p* ∝ p_base e^{λ r}, as the reward declares it."""
+        return self.reward().tilt(self.mixture, self.lam)
 
 
 def _vector(value, n: int, key: str) -> list[float]:
@@ -92,18 +87,16 @@ def parse_case(data, name: str = "case") -> GMMCase:
         if not torch.allclose(C, C.T) or torch.linalg.eigvalsh(C).min() <= 0:
             raise CaseError(f"'{key}.cov' must be symmetric positive definite")
         cov.append(C.tolist())
-    r = data["reward"]
-    if not isinstance(r, dict) or r.get("type") not in ("linear", "quadratic"):
-        raise CaseError("'reward.type' must be 'linear' or 'quadratic'")
-    if r["type"] == "linear":
-        if set(r) != {"type", "c"}:
-            raise CaseError("'reward' of type linear takes exactly the keys type, c")
-        spec = {"type": "linear", "c": _vector(r["c"], d, "reward.c")}
-    else:
-        if set(r) != {"type", "center", "tau"}:
-            raise CaseError("'reward' of type quadratic takes exactly the keys type, center, tau")
-        spec = {"type": "quadratic", "center": _vector(r["center"], d, "reward.center"),
-                "tau": _number(r["tau"], "reward.tau", positive=True)}
+    r, toy = data["reward"], names("reward", domain="toy")  # the rewards that declare their exact tilt
+    if not isinstance(r, dict) or r.get("type") not in toy:
+        raise CaseError(f"'reward.type' must be one of {', '.join(toy)}")
+    keys = lookup("reward", r["type"]).case_keys
+    if set(r) != {"type", *keys}:
+        raise CaseError(f"'reward' of type {r['type']} takes exactly the keys type, {', '.join(keys)}")
+    spec = {"type": r["type"]}
+    for key, kind in keys.items():
+        spec[key] = (_vector(r[key], d, f"reward.{key}") if kind == "vector"
+                     else _number(r[key], f"reward.{key}", positive=kind == "positive"))
     lam = _number(data["lambda"], "lambda", positive=True)
     return GMMCase(name, GaussianMixture(w, mu, cov), spec, lam)
 
@@ -172,7 +165,7 @@ def _train(model, base, reward, lam: float, method: str, cfg: GMMTrainConfig, ca
            eval_fn=None, desc: str = "", progress: bool = True):
     """The method's loss on the one training loop (eam/loop.py) with a weight EMA; returns the EMA model, the
     ledger and the curve of `eval_fn(model)` every eval_every iterations."""
-    trainer = Trainer(model, model.residual.parameters(), cfg.lr, cfg.lr_final, cfg.iters, cfg.grad_clip, cfg.ema)
+    trainer = Trainer(model, model.trainable_parameters(), cfg.lr, cfg.lr_final, cfg.iters, cfg.grad_clip, cfg.ema)
     objective = make_method(method, cfg.am, cfg.eam, base, reward, correction, exact_score=case.mixture.score)
     ledger, curve = Ledger(), []
 
@@ -208,9 +201,7 @@ def run(case: GMMCase, method: str, cfg: GMMTrainConfig, seed: int = 0, progress
     if method not in ("am", "eam"):
         raise ValueError(f"unknown method {method!r}; expected 'am' or 'eam'")
     torch.manual_seed(seed)
-    interp = RectifiedFlow()
-    base = GMMVelocity(case.mixture, interp)
-    model = ResidualVelocity(GMMVelocity(case.mixture, interp), MLP(case.dim, cfg.hidden, cfg.depth))
+    base, model = lookup("model", "gmm").pair(case.mixture, hidden=cfg.hidden, depth=cfg.depth)
     reward, target = case.reward(), case.target()
 
     g = torch.Generator().manual_seed(10_000 + seed)

@@ -232,6 +232,15 @@ def _finetune_report(args):
         print(path)
 
 
+def _model_and_reward(parser, weights_note: str = ""):
+    """--model, --model-path, --reward, --reward-path: what `finetune` and `bench` train and time."""
+    parser.add_argument("--model", required=True, help="registered model adapter, e.g. digits_flow or sd3 (eam list)")
+    parser.add_argument("--model-path", required=True,
+                        help=f"the base weights: a folder, or a cached hub repo id (offline){weights_note}")
+    parser.add_argument("--reward", required=True, help="registered reward, e.g. digit_classifier (eam list)")
+    parser.add_argument("--reward-path", default=None, help="the reward's weights folder (default: its HF cache entry)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="eam", description="Reward fine-tuning by (Efficient) Adjoint Matching.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -286,10 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
     pt.set_defaults(func=_pretrain)
 
     ft = command("finetune", help="fine-tune a registered model on a registered reward with AM or EAM")
-    ft.add_argument("--model", required=True, help="registered model adapter, e.g. digits_flow")
-    ft.add_argument("--model-path", required=True, help="the base weights: a folder, or a cached hub repo id (offline)")
-    ft.add_argument("--reward", required=True, help="registered reward, e.g. digit_classifier")
-    ft.add_argument("--reward-path", default=None, help="the reward's weights folder (default: its HF cache entry)")
+    _model_and_reward(ft)
     ft.add_argument("--method", required=True,
                     help="am, eam (the settings' EAM variant) or eam-VARIANT with VARIANT a base-score estimator: "
                          "residual, corrected, endpoint, exact, bridge (docs/method.md §5)")
@@ -313,10 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
     ft.set_defaults(func=_finetune)
 
     bp = command("bench", help="per-iteration cost of AM and EAM against the cost-model floor")
-    bp.add_argument("--model", required=True, help="registered model adapter, e.g. digits_flow or sd3")
-    bp.add_argument("--model-path", required=True, help="base weights folder (random weights: `eam random-weights`)")
-    bp.add_argument("--reward", required=True, help="registered reward")
-    bp.add_argument("--reward-path", default=None, help="the reward's weights folder")
+    _model_and_reward(bp, "; random weights: `eam random-weights`")
     bp.add_argument("--prompts", required=True, help="prepared prompts (train.jsonl)")
     bp.add_argument("--settings", help="fine-tuning settings YAML (batch, model:, am:, eam:)")
     bp.add_argument("--batch", type=int, default=None, help="samples per iteration (default: the settings')")

@@ -125,6 +125,14 @@ def _check_type(value, kinds: tuple, what: str, name: str):
     return value
 
 
+def check_choices(obj, what: str, **choices):
+    """One-line errors for the fields of `obj` that must be one of a few names: `field=(allowed, ...)`."""
+    for name, allowed in choices.items():
+        v = getattr(obj, name)
+        if v not in allowed:
+            raise ValueError(f"unknown {what} {name} {v!r}; expected one of {', '.join(allowed)}")
+
+
 def check_positive(obj, what: str, ints=(), numbers=(), optional=()):
     """One-line errors for the fields of `obj` that must be positive integers (`ints`) or positive finite numbers
     (`numbers`); those also in `optional` may be null. `what` names the settings (e.g. "fine-tuning")."""

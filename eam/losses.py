@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .config import check_choices
 from .interpolants import bcast
 from .models import VelocityModel
 from .phases import phase
@@ -78,14 +79,8 @@ class AMConfig:
             raise ValueError(f"AM clip_quantile must lie in (0, 1), got {self.clip_quantile}")
         if not isinstance(self.guidance_in_adjoint, bool):
             raise ValueError(f"AM guidance_in_adjoint must be true or false, got {self.guidance_in_adjoint!r}")
-        if self.clip_per not in ("entry", "sample"):
-            raise ValueError(f"unknown AM clip_per {self.clip_per!r}; expected entry or sample")
-        if self.sde_step not in ("auto", "euler", "ddpm"):
-            raise ValueError(f"unknown AM sde_step {self.sde_step!r}; expected auto, euler or ddpm")
-        if self.loss_scale not in ("dt", "unit"):
-            raise ValueError(f"unknown AM loss_scale {self.loss_scale!r}; expected dt or unit")
-        if self.time_subset not in ("last_random", "stratified", "all"):
-            raise ValueError(f"unknown AM time subset {self.time_subset!r}; expected last_random, stratified or all")
+        check_choices(self, "AM", clip_per=("entry", "sample"), sde_step=("auto", "euler", "ddpm"),
+                      loss_scale=("dt", "unit"), time_subset=("last_random", "stratified", "all"))
 
     def nfe_per_sample(self, cost: int = 1) -> int:
         """Function evaluations per sample and iteration, as `am_loss` counts them (`cost`: forwards per
@@ -240,14 +235,8 @@ class EAMConfig:
                                           # backpropagated on its own (less activation memory)
 
     def __post_init__(self):
-        if self.base_score not in BASE_SCORES:
-            raise ValueError(f"unknown base_score {self.base_score!r}; expected one of {BASE_SCORES}")
-        if self.sampler not in ("model", "base"):
-            raise ValueError(f"unknown EAM sampler {self.sampler!r}; expected model or base")
-        if self.ode_method not in ("euler", "heun", "ddim"):
-            raise ValueError(f"unknown EAM ode_method {self.ode_method!r}; expected euler, heun or ddim")
-        if self.weighting not in ("u", "v"):
-            raise ValueError(f"unknown EAM weighting {self.weighting!r}; expected 'u' or 'v'")
+        check_choices(self, "EAM", base_score=BASE_SCORES, sampler=("model", "base"),
+                      ode_method=("euler", "heun", "ddim"), weighting=("u", "v"))
         if not 0 < self.delta < 1:
             raise ValueError(f"EAM delta must lie in (0, 1), got {self.delta}")
         if not 0 < self.t_min < self.t_max < 1:

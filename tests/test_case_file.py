@@ -2,6 +2,8 @@
 CaseErrors (ValueErrors) naming the offending key, and the CLI turns them into exit code 2."""
 import copy
 import math
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -151,3 +153,54 @@ def test_cli_bad_case_exits_2_with_one_line(tmp_path, name):
     assert len(lines) == 1, proc.stderr
     assert key in lines[0]
     assert not out.exists()
+
+
+NEW_TOY_REWARD = '''"""r(x) = s·cᵀx: a new closed-form reward, in one file."""
+import torch
+
+from ..registry import register
+from .base import Reward
+
+
+@register("reward", "scaled_linear", domain="toy", weights=False, features=False)
+class ScaledLinear(Reward):
+    case_keys = {"c": "vector", "scale": "positive"}
+
+    def __init__(self, c, scale):
+        super().__init__()
+        self.c, self.scale = torch.as_tensor(c, dtype=torch.float64), float(scale)
+
+    def forward(self, x, cond=None):
+        return self.scale * (x.double() @ self.c).to(x.dtype)
+
+    def tilt(self, mixture, lam):
+        return mixture.tilt_linear(self.scale * self.c, lam)
+'''
+
+
+def test_a_new_toy_reward_is_one_file_that_case_files_accept(tmp_path):
+    """Case files follow the registry: a `toy` reward added as one file in a copy of the package (its
+    `case_keys` and exact `tilt`) is accepted, its target is p_base e^{λ r} normalised (checked pointwise
+    as above), and its missing key is named in one line."""
+    shutil.copytree(ROOT / "eam", tmp_path / "eam", ignore=shutil.ignore_patterns("__pycache__"))
+    (tmp_path / "eam" / "rewards" / "scaled_linear.py").write_text(NEW_TOY_REWARD)
+    case = {**copy.deepcopy(VALID), "reward": {"type": "scaled_linear", "c": [1.0, -0.5], "scale": 0.5}}
+    code = f"""
+import torch
+from eam.bench_gmm import CaseError, parse_case
+c = parse_case({case!r})
+pts = 2.0 * torch.randn(50, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+gap = c.target().log_prob(pts) - c.mixture.log_prob(pts) - c.lam * c.reward()(pts)
+try:
+    parse_case({{**{case!r}, "reward": {{"type": "scaled_linear", "c": [1.0, -0.5]}}}})
+except CaseError as e:
+    print(e)
+print(float(gap.std()), float(gap.mean()))
+"""
+    p = subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": str(tmp_path)}, cwd=tmp_path,
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    message, numbers = p.stdout.strip().splitlines()
+    assert message == "'reward' of type scaled_linear takes exactly the keys type, c, scale"
+    std, mean = map(float, numbers.split())
+    assert std < 1e-6 and abs(mean) > 1e-3

@@ -147,7 +147,7 @@ def test_eam_loss_fixed_point_is_tilted_gaussian(s0, base_score, expect_fixed):
     p*'s exact velocity, eam_loss's gradient vanishes (within 5 standard errors) for 'exact', and for
     'bridge' when p_base is the reference N(0, 1); 'bridge' with s0 ≠ 1 is biased, detected at > 5 SE."""
     interp = RectifiedFlow()
-    lam, c = 1.5, 0.75  # exact in float32 (LinearReward holds c in the default dtype)
+    lam, c = 1.5, 0.75  # exact in float32, so the reward and p* agree in any dtype
     base_mix = GaussianMixture([1.0], [[0.0]], [[[s0**2]]])
     target_mix = base_mix.tilt_linear([c], lam)
     assert float(target_mix.mu[0, 0]) == pytest.approx(lam * s0**2 * c, rel=1e-12)

@@ -9,7 +9,7 @@ from eam.checkpoint import MissingWeights
 from eam.rewards import load_reward
 from eam.rewards.aesthetics import WEIGHTS
 from eam.rewards.image import to_pil
-from tiny.fd import assert_matches_central_difference
+from tiny.fd import assert_reward_gradient
 from tiny.hf import clip_model
 from tiny.images import smooth_images
 
@@ -97,10 +97,7 @@ def test_torch_path_matches_pil_path(aes, shape):
 
 def test_gradient_matches_finite_differences(aes):
     reward = load_reward("aesthetics", aes[0]).double()
-    x = smooth_images(2, 40, 56, seed=2).double()
-    x.requires_grad_(True)
-    (g,) = torch.autograd.grad(reward(x).sum(), x)
-    assert_matches_central_difference(reward, x, g, rtol=1e-6, atol=1e-9, seed=3)
+    assert_reward_gradient(reward, smooth_images(2, 40, 56, seed=2).double(), rtol=1e-6, atol=1e-9, seed=3)
 
 
 def test_missing_weights_name_the_file(aes, tmp_path):

@@ -7,7 +7,7 @@ from eam.checkpoint import MissingWeights
 from eam.prompts import PromptBatch
 from eam.rewards import load_reward
 from eam.rewards.image import to_pil
-from tiny.fd import assert_matches_central_difference
+from tiny.fd import assert_reward_gradient
 from tiny.hf import clip_model
 from tiny.images import smooth_images
 
@@ -58,11 +58,8 @@ def test_torch_path_matches_pil_path(clip_dir, name, shape):
 
 def test_gradient_matches_finite_differences(clip_dir):
     reward = load_reward("pickscore", clip_dir).double()
-    x = smooth_images(2, 40, 40, seed=2).double()
-    cond = PromptBatch(PROMPTS[:2])
-    x.requires_grad_(True)
-    (g,) = torch.autograd.grad(reward(x, cond).sum(), x)
-    assert_matches_central_difference(lambda y: reward(y, cond), x, g, rtol=1e-6, atol=1e-8)
+    assert_reward_gradient(reward, smooth_images(2, 40, 40, seed=2).double(), PromptBatch(PROMPTS[:2]),
+                           rtol=1e-6, atol=1e-8)
 
 
 def test_missing_weights_name_the_file(tmp_path):

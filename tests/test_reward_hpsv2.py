@@ -12,7 +12,7 @@ from eam.prompts import PromptBatch
 from eam.rewards import load_reward
 from eam.rewards.hpsv2 import WEIGHTS, letterbox_pil, letterbox_preprocess
 from eam.rewards.image import CLIP_MEAN, CLIP_STD, clip_preprocess, to_pil
-from tiny.fd import assert_matches_central_difference
+from tiny.fd import assert_reward_gradient
 from tiny.images import smooth_images
 
 import open_clip  # noqa: E402  (a pinned dependency)
@@ -107,10 +107,7 @@ def test_torch_path_matches_pil_path(hps, shape):
 def test_gradient_matches_finite_differences(hps):
     reward = load_reward("hpsv2", hps[0]).double()
     x = smooth_images(2, 40, 56, seed=2).double()  # non-square: resize and padding both in the graph
-    cond = PromptBatch(PROMPTS[:2])
-    x.requires_grad_(True)
-    (g,) = torch.autograd.grad(reward(x, cond).sum(), x)
-    assert_matches_central_difference(lambda y: reward(y, cond), x, g, rtol=1e-6, atol=1e-9, seed=3)
+    assert_reward_gradient(reward, x, PromptBatch(PROMPTS[:2]), rtol=1e-6, atol=1e-9, seed=3)
 
 
 def test_model_cfg_wrapper_is_accepted(hps, tmp_path):

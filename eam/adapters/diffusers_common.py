@@ -3,7 +3,7 @@ cache), prompt embeddings computed once per prompt, classifier-free guidance, pr
 gradient checkpointing, LoRA through peft with the base as the same network with the adapter
 disabled, VAE decoding for the rewards, and saving / loading fine-tuned weights.
 
-Subclasses say which pipeline class and denoiser they wrap (`pipeline_class()`, `denoiser_name`), how
+Subclasses say which pipeline class and denoiser they wrap (`pipeline_name`, `denoiser_name`), how
 the scheduler maps to an interpolant (`make_interpolant`), how prompts are embedded (`encode`) and
 how a denoiser output becomes the velocity v(x, t) of our time convention (`predict`).
 """
@@ -143,10 +143,14 @@ class DiffusersVelocity(VelocityModel):
         self._cache: OrderedDict[str, tuple] = OrderedDict()
 
     # -- subclass hooks --------------------------------------------------------------------------
-    @staticmethod
-    def pipeline_class():
+    pipeline_name: str  # the diffusers pipeline class, e.g. "StableDiffusion3Pipeline"
+
+    @classmethod
+    def pipeline_class(cls):
         """The diffusers pipeline class (imported on use: diffusers is slow to import)."""
-        raise NotImplementedError
+        import diffusers
+
+        return getattr(diffusers, cls.pipeline_name)
 
     @staticmethod
     def make_interpolant(scheduler):

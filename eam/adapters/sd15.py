@@ -19,14 +19,9 @@ PREDICTION_KINDS = {"epsilon": "epsilon", "sample": "sample", "v_prediction": "v
 
 @register("model", "sd15", domain="image")
 class StableDiffusion15(DiffusersVelocity):
+    pipeline_name = "StableDiffusionPipeline"
     denoiser_name = "unet"
     name = "sd15"
-
-    @staticmethod
-    def pipeline_class():
-        from diffusers import StableDiffusionPipeline
-
-        return StableDiffusionPipeline
 
     @classmethod
     def pipeline_kwargs(cls):

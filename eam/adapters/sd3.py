@@ -20,14 +20,9 @@ from .diffusers_common import DiffusersVelocity
 
 @register("model", "sd3", domain="image")
 class StableDiffusion3(DiffusersVelocity):
+    pipeline_name = "StableDiffusion3Pipeline"
     denoiser_name = "transformer"
     name = "sd3"
-
-    @staticmethod
-    def pipeline_class():
-        from diffusers import StableDiffusion3Pipeline
-
-        return StableDiffusion3Pipeline
 
     @staticmethod
     def make_interpolant(scheduler):

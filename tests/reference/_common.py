@@ -43,6 +43,16 @@ def smooth_pil_images(n: int, h: int, w: int, seed: int):
     return [Image.fromarray(np.ascontiguousarray(a)) for a in arr]
 
 
+def image_digest(images_for) -> str:
+    """SHA-1 over the bytes of every test image, `images_for(k, hw)` for each size of SIZES: the results files
+    record it, so that columns from different machines are known to have scored the same images."""
+    h = hashlib.sha1()
+    for k, hw in enumerate(SIZES):
+        for im in images_for(k, hw):
+            h.update(im.tobytes())
+    return h.hexdigest()
+
+
 def fake_hf_snapshot(cache: Path, repo_id: str, files: dict[str, Path | str | bytes]) -> Path:
     """Lay out `files` as a cached snapshot of model repo `repo_id` in the Hugging Face hub cache at
     `cache` (models--org--name/refs/main + snapshots/<revision>/), so that `hf_hub_download` and

@@ -26,7 +26,6 @@ and, with `--project-scores`, from a `--project-only` run in the project's pinne
 """
 from __future__ import annotations
 
-import hashlib
 import sys
 import warnings
 from pathlib import Path
@@ -53,14 +52,6 @@ HF_CONFIG = dict(
 
 def images_for(k, hw):
     return C.smooth_pil_images(N_IMAGES, *hw, seed=30 + k)
-
-
-def image_digest() -> str:
-    h = hashlib.sha1()
-    for k, hw in enumerate(C.SIZES):
-        for im in images_for(k, hw):
-            h.update(im.tobytes())
-    return h.hexdigest()
 
 
 def build(work: Path):
@@ -117,7 +108,7 @@ def project_scores(work: Path) -> dict:
         s = reward.score_pil(images_for(k, hw))
         for i in range(len(s)):
             out[f"{C.label(hw)}/{i}"] = float(s[i])
-    return {"scores": out, "images_sha1": image_digest()}
+    return {"scores": out, "images_sha1": C.image_digest(images_for)}
 
 
 def main() -> int:

@@ -31,7 +31,6 @@ with both and prints the table.
 from __future__ import annotations
 
 import gc
-import hashlib
 import json
 import sys
 import warnings
@@ -78,14 +77,6 @@ def images_for(k, hw):
     return C.smooth_pil_images(N_IMAGES, *hw, seed=20 + k)
 
 
-def image_digest() -> str:
-    h = hashlib.sha1()
-    for k, hw in enumerate(C.SIZES):
-        for im in images_for(k, hw):
-            h.update(im.tobytes())
-    return h.hexdigest()
-
-
 def build(work: Path):
     """The authors' module with random tensors, saved as ImageReward.pt + med_config.json in `work`."""
     import torch
@@ -129,7 +120,7 @@ def project_scores(work: Path) -> dict:
                 s = reward.score_pil(images, [prompt] * len(images))
             for i in range(len(images)):
                 out[f"{C.label(hw)}/{i}/{p}"] = float(s[i])
-    return {"scores": out, "images_sha1": image_digest()}
+    return {"scores": out, "images_sha1": C.image_digest(images_for)}
 
 
 def main() -> int:
