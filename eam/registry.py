@@ -27,6 +27,7 @@ def register(kind: str, name: str, **traits):
         if name in table:
             raise ValueError(f"{kind} {name!r} is registered twice ({table[name].__module__} and {cls.__module__})")
         table[name] = cls
+        cls.registered_name = name  # the adapter or reward knows its own name (messages, saved configs)
         _TRAITS.setdefault(kind, {})[name] = dict(traits)
         return cls
 

@@ -100,7 +100,6 @@ class DiffusersVelocity(VelocityModel):
     """v(x, t, cond) of a diffusers pipeline's denoiser on latents x, conditioned on `cond.texts`."""
 
     denoiser_name = ""
-    name = ""
 
     def __init__(self, pipe, options: DiffusersOptions, source: str):
         if options.betas is not None:  # the official AM code fine-tunes SD1.5 on betas 0.002, 0.009
@@ -139,7 +138,7 @@ class DiffusersVelocity(VelocityModel):
             raise ValueError(f"resolution {options.resolution} is not a multiple of the VAE's factor {f}")
         self.sample_shape = (self.denoiser.config.in_channels, options.resolution // f, options.resolution // f)
         self.guidance_scale = float(options.guidance_scale)
-        self.config = {"model": self.name, "base": self.source, "options": _jsonable(asdict(options))}
+        self.config = {"model": self.registered_name, "base": self.source, "options": _jsonable(asdict(options))}
         self._cache: OrderedDict[str, tuple] = OrderedDict()
 
     # -- subclass hooks --------------------------------------------------------------------------
@@ -190,7 +189,7 @@ class DiffusersVelocity(VelocityModel):
     def guided_velocity(self, denoiser, x, t, cond):
         texts = getattr(cond, "texts", None)
         if texts is None or len(texts) != x.shape[0]:
-            raise ValueError(f"{self.name} is text-conditional: pass a PromptBatch with one prompt per sample")
+            raise ValueError(f"{self.registered_name} is text-conditional: pass a PromptBatch with one prompt per sample")
         with self.autocast():
             return self.guided(lambda x_, t_, e: self.predict(denoiser, x_, t_, e).to(x.dtype), x, t,
                                self.embed(list(texts)), lambda: self.embed([self.options.negative_prompt] * len(texts)),
@@ -235,14 +234,14 @@ class DiffusersVelocity(VelocityModel):
         trained = None
         if cfg_file.exists() and not Path(str(path), "model_index.json").exists():
             saved = json.loads(cfg_file.read_text())
-            if saved.get("model") != cls.name:
-                raise ValueError(f"{path} holds a {saved.get('model')!r} model, not {cls.name!r}")
+            if saved.get("model") != cls.registered_name:
+                raise ValueError(f"{path} holds a {saved.get('model')!r} model, not {cls.registered_name!r}")
             options = {**saved["options"], **options}
             trained, path = Path(str(path), FINETUNED_WEIGHTS), saved["base"]
         if guidance_scale is not None:
             options["guidance_scale"] = guidance_scale
         opts = DiffusersOptions.from_dict(options)
-        root = resolve_pretrained(path, f"{cls.name} base model")
+        root = resolve_pretrained(path, f"{cls.registered_name} base model")
         extra = {"text_encoder_3": None, "tokenizer_3": None} if opts.drop_t5 else {}
         pipe = cls.pipeline_class().from_pretrained(root, local_files_only=True, dtype=PRECISIONS[opts.precision],
                                                     **cls.pipeline_kwargs(), **extra)
@@ -271,7 +270,7 @@ class DiffusersVelocity(VelocityModel):
         own = {k: p for k, p in self.denoiser.named_parameters() if p.requires_grad}
         if set(own) != set(state):
             odd = sorted(set(own) ^ set(state))[0]
-            raise ValueError(f"fine-tuned weights do not match the {self.name} model's trainable parameters ({odd}, ...)")
+            raise ValueError(f"fine-tuned weights do not match the {self.registered_name} model's trainable parameters ({odd}, ...)")
         with torch.no_grad():
             for k, v in state.items():
                 own[k].copy_(v)

@@ -21,7 +21,6 @@ PREDICTION_KINDS = {"epsilon": "epsilon", "sample": "sample", "v_prediction": "v
 class StableDiffusion15(DiffusersVelocity):
     pipeline_name = "StableDiffusionPipeline"
     denoiser_name = "unet"
-    name = "sd15"
 
     @classmethod
     def pipeline_kwargs(cls):

@@ -22,7 +22,6 @@ from .diffusers_common import DiffusersVelocity
 class StableDiffusion3(DiffusersVelocity):
     pipeline_name = "StableDiffusion3Pipeline"
     denoiser_name = "transformer"
-    name = "sd3"
 
     @staticmethod
     def make_interpolant(scheduler):

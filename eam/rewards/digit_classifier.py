@@ -44,16 +44,12 @@ class DigitClassifierReward(Reward):
         return self.net.features(x)
 
     def save(self, directory, **config):
-        save_pretrained(directory, self.net, {"reward": self.name(), **config})
-
-    @classmethod
-    def name(cls) -> str:
-        return "digit_classifier" if cls is DigitClassifierReward else cls._name
+        save_pretrained(directory, self.net, {"reward": self.registered_name, **config})
 
     @classmethod
     def load(cls, directory) -> "DigitClassifierReward":
-        config, state = load_pretrained(directory, f"{cls.name()} reward model",
-                                        f"train it with `eam digits-pretrain {cls.name()} --out DIR` (rule digits_reward_model)")
+        config, state = load_pretrained(directory, f"{cls.registered_name} reward model",
+                                        f"train it with `eam digits-pretrain {cls.registered_name} --out DIR` (rule digits_reward_model)")
         net = cls.arch(**config.get("arch", {}))
-        load_state(net, state, directory, f"{cls.name()} reward model")
+        load_state(net, state, directory, f"{cls.registered_name} reward model")
         return cls(net)

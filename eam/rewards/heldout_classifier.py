@@ -25,4 +25,3 @@ class MLPClassifier(nn.Module):
 @register("reward", "heldout_classifier", domain="digits", weights=True, features=True)
 class HeldoutClassifierReward(DigitClassifierReward):
     arch = MLPClassifier
-    _name = "heldout_classifier"

@@ -166,6 +166,31 @@ def other_columns(paths, images_sha1: str) -> dict[str, dict]:
     return out
 
 
+def score_columns(args, ours: dict) -> tuple[str, dict, list]:
+    """The project's column here, the other environments' columns (--project-scores, which must have scored the
+    same images) and the table's column order."""
+    here = project_column()
+    extra = other_columns(args.project_scores, ours["images_sha1"])
+    return here, extra, [here, *extra]
+
+
+def transform_note(pix: dict, rows, whose: str, over: str) -> str:
+    """The note under a score table: per image size, the largest pixel gap between the project's transform and
+    `whose` _transform(224) (`pix`), and the spread of the reference scores of `rows`."""
+    refs = [r[3]["reference"] for r in rows]
+    return (f"max |project transform - {whose} _transform(224)| on the pixels, per size: "
+            + ", ".join(f"{s} {d:.1e}" for s, d in pix.items())
+            + f"\nspread of the reference scores over {over}: {max(refs) - min(refs):.4f}")
+
+
+def write_project_scores(path, res: dict) -> int:
+    """--project-only: the project's scores `res`, with this environment's versions and column name, into `path`."""
+    res = {**res, "versions": versions(["torch", "torchvision", "transformers"]), "column": project_column()}
+    write_json(path, res)
+    print(f"project scores ({len(res['scores'])}) written to {path}")
+    return 0
+
+
 def split_run_args(doc: str, build_help: str, prefix: str):
     """The command line shared by the scripts that build weights in one environment and score the project in
     another: --workdir, --build-only, --project-only, --project-scores. Returns (args, work folder)."""

@@ -120,12 +120,7 @@ def main() -> int:
 
     if args.project_only:
         print(C.versions(["torch", "torchvision", "transformers", "pillow", "numpy"]))
-        res = project_scores(work)
-        res["versions"] = C.versions(["torch", "torchvision", "transformers"])
-        res["column"] = C.project_column()
-        C.write_json(args.project_only, res)
-        print(f"project scores ({len(res['scores'])}) written to {args.project_only}")
-        return 0
+        return C.write_project_scores(args.project_only, project_scores(work))
 
     print(C.versions(["openai-clip", "image-reward", "torch", "torchvision", "transformers", "pillow", "numpy"]))
     if not (work / "weights" / HEAD).exists():
@@ -153,9 +148,7 @@ def main() -> int:
           f"preprocess: {preprocess}")
 
     ours = project_scores(work)
-    here = C.project_column()
-    extra = C.other_columns(args.project_scores, ours["images_sha1"])
-    columns = [here] + list(extra)
+    here, extra, columns = C.score_columns(args, ours)
 
     from eam.rewards.aesthetics import openai_clip_transform
 
@@ -174,10 +167,7 @@ def main() -> int:
             scores = {here: ours["scores"][key], "reference": float(prediction.item())}
             scores.update({name: extra[name][key] for name in extra})
             rows.append((C.label(hw), i, "-", scores))
-    refs = [r[3]["reference"] for r in rows]
-    note = ("max |project transform - clip's _transform(224)| on the pixels, per size: "
-            + ", ".join(f"{s} {d:.1e}" for s, d in pix.items())
-            + f"\nspread of the reference scores over these images: {max(refs) - min(refs):.4f}")
+    note = C.transform_note(pix, rows, "clip's", "these images")
     return C.report("LAION aesthetics: eam score_pil vs simple_inference.py's pipeline (clip + MLP)", rows,
                     columns=tuple(columns + ["reference"]), extra_note=note)
 

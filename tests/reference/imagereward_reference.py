@@ -132,12 +132,7 @@ def main() -> int:
 
     if args.project_only:
         print(C.versions(["torch", "torchvision", "transformers", "huggingface_hub", "pillow", "numpy"]))
-        res = project_scores(work)
-        res["versions"] = C.versions(["torch", "torchvision", "transformers"])
-        res["column"] = C.project_column()
-        C.write_json(args.project_only, res)
-        print(f"project scores ({len(res['scores'])}) written to {args.project_only}")
-        return 0
+        return C.write_project_scores(args.project_only, project_scores(work))
 
     print(C.versions(["image-reward", "torch", "torchvision", "transformers", "timm", "fairscale",
                       "huggingface_hub", "tokenizers", "pillow", "numpy"]))
@@ -160,9 +155,7 @@ def main() -> int:
         return 1
 
     ours = project_scores(work)
-    here = C.project_column()
-    extra = C.other_columns(args.project_scores, ours["images_sha1"])
-    columns = [here] + list(extra)
+    here, extra, columns = C.score_columns(args, ours)
 
     from eam.rewards.imagereward import pil_transform
 
@@ -179,11 +172,8 @@ def main() -> int:
                 rows.append((C.label(hw), i, p, scores))
     tok = model.blip.tokenizer(C.PROMPTS, padding="max_length", truncation=True, max_length=35)
     lengths = [sum(m) for m in tok["attention_mask"]]
-    refs = [r[3]["reference"] for r in rows]
     note = (f"prompt lengths in tokens (of 35): {lengths}\n"
-            f"max |project transform - authors' _transform(224)| on the pixels, per size: "
-            + ", ".join(f"{s} {d:.1e}" for s, d in pix.items())
-            + f"\nspread of the reference scores over these images and prompts: {max(refs) - min(refs):.4f}")
+            + C.transform_note(pix, rows, "authors'", "these images and prompts"))
     return C.report("ImageReward: eam score_pil vs ImageReward.load(...).score(prompt, pil_image)", rows,
                     columns=tuple(columns + ["reference"]), extra_note=note)
 
