@@ -30,10 +30,16 @@ def _coeffs(interp, t):
 @pytest.mark.parametrize("schedule,b0,b1,abar_last", [("scaled_linear", 0.00085, 0.012, 0.0047),
                                                       ("linear", 0.0001, 0.02, 4.04e-5)])
 def test_vp_alpha_on_grid_matches_ddpm_cumprod(schedule, b0, b1, abar_last):
-    """§7.2: α(1 - n/(T-1))² = ᾱ_n = cumprod(1 - β)_n (numpy, independent); SD1.5's ᾱ_999 ≈ 0.0047."""
+    """§7.2: α(1 - n/(T-1))² = ᾱ_n = cumprod(1 - β)_n (numpy, independent, and diffusers' DDPMScheduler, whose
+    `alphas_cumprod` SD1.5's pipelines use, in float32); SD1.5's ᾱ_999 ≈ 0.0047."""
+    from diffusers import DDPMScheduler
+
     T = 1000
     abar = _ddpm_abar(schedule, b0, b1, T)
     assert abar[-1] == pytest.approx(abar_last, rel=0.02)
+    diffusers_abar = DDPMScheduler(beta_start=b0, beta_end=b1, beta_schedule=schedule,
+                                   num_train_timesteps=T).alphas_cumprod.double().numpy()
+    np.testing.assert_allclose(abar, diffusers_abar, rtol=1e-5)
     vp = VariancePreserving(beta_start=b0, beta_end=b1, schedule=schedule, num_train_timesteps=T)
     n = np.arange(T)
     t = torch.tensor(1.0 - n / (T - 1), dtype=F64)
