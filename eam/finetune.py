@@ -32,7 +32,7 @@ from .loop import run as run_loop
 from .losses import AMConfig, EAMConfig
 from .methods import METHODS, make_method
 from .prompts import PromptBatch, load_prompt_set
-from .registry import lookup, names
+from .registry import lookup
 from .rewards import load_reward
 from .rewards.image import OnDecoded
 from .samplers import ode_sample
@@ -105,9 +105,6 @@ class FinetuneConfig:
 
 def build_models(model_name, model_path, reward_name, reward_path, cfg: "FinetuneConfig", device):
     """Base (frozen) and model from the adapter, and the reward, on latents where the model decodes."""
-    if model_name in names("model", domain="toy"):
-        raise ValueError(f"model {model_name!r} is the Gaussian-mixture benchmark's, built from a case file: "
-                         "run `eam gmm --case FILE`")
     base, model = lookup("model", model_name).pair(model_path, guidance_scale=cfg.guidance_scale, **cfg.model)
     reward = load_reward(reward_name, reward_path)
     if hasattr(model, "decode"):

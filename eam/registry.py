@@ -15,6 +15,8 @@ _PACKAGES = {"model": "eam.adapters", "reward": "eam.rewards"}
 # domain "image"); rewards also say whether they load weights (`weights`: a folder or hub cache) and whether
 # `features(images)` embeds images for the distance to the base (`features`).
 TRAITS = {"model": {"domain"}, "reward": {"domain", "weights", "features"}}
+# What an entry of a domain must define besides: a `toy` reward gives a case file's keys and its exact tilt.
+INTERFACES = {("reward", "toy"): ("case_keys", "tilt")}
 
 
 def register(kind: str, name: str, **traits):
@@ -23,6 +25,9 @@ def register(kind: str, name: str, **traits):
         raise TypeError(f"{kind} {name!r} must declare exactly {sorted(TRAITS[kind])}, got {sorted(traits)}")
 
     def wrap(cls):
+        missing = [a for a in INTERFACES.get((kind, traits.get("domain")), ()) if not hasattr(cls, a)]
+        if missing:
+            raise TypeError(f"{kind} {name!r} of domain {traits['domain']!r} must define {', '.join(missing)}")
         table = _REGISTRIES.setdefault(kind, {})
         if name in table:
             raise ValueError(f"{kind} {name!r} is registered twice ({table[name].__module__} and {cls.__module__})")

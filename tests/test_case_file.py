@@ -13,6 +13,9 @@ import torch
 import yaml
 
 from eam.bench_gmm import CaseError, load_case, parse_case
+from eam.cli import main
+from eam.registry import lookup, names, register
+from eam.rewards import Reward
 
 ROOT = Path(__file__).resolve().parents[1]
 F64 = torch.float64
@@ -204,3 +207,28 @@ print(float(gap.std()), float(gap.mean()))
     assert message == "'reward' of type scaled_linear takes exactly the keys type, c, scale"
     std, mean = map(float, numbers.split())
     assert std < 1e-6 and abs(mean) > 1e-3
+
+
+def test_a_toy_reward_without_its_tilt_is_refused_at_registration():
+    """A `toy` reward must say how it tilts a mixture (and what a case gives it), or case files could not use it."""
+    with pytest.raises(TypeError, match="must define tilt"):
+        @register("reward", "no_tilt_here", domain="toy", weights=False, features=False)
+        class NoTilt(Reward):
+            case_keys = {"c": "vector"}
+    assert "no_tilt_here" not in names("reward")
+
+
+def test_the_gmm_model_starts_at_its_base_and_refuses_a_weights_path(tmp_path, capsys):
+    """The `gmm` adapter is v_base + a residual that starts at zero (v_θ = v_base to the bit), and asked for weights
+    (`eam sample`, or the `pair(path)` of `eam finetune --model gmm`) it says in one line to run `eam gmm`."""
+    case = parse_case(copy.deepcopy(VALID))
+    base, model = lookup("model", "gmm").pair(case.mixture, hidden=16, depth=2)
+    x, t = torch.randn(8, 2), torch.rand(8)
+    assert torch.equal(model(x, t), base(x, t)) and model.trainable_parameters()
+    with pytest.raises(SystemExit) as exit_:
+        main(["sample", "--model", "gmm", "--model-path", str(tmp_path), "--prompts", str(tmp_path / "p.jsonl"),
+              "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip()
+    assert exit_.value.code == 2 and len(err.splitlines()) == 1 and "run `eam gmm --case FILE`" in err, err
+    with pytest.raises(ValueError, match="eam gmm --case"):
+        lookup("model", "gmm").pair(str(tmp_path))

@@ -18,4 +18,11 @@ class GMMResidual(ResidualVelocity):
     @classmethod
     def pair(cls, mixture: GaussianMixture, **options) -> tuple[GMMVelocity, "GMMResidual"]:
         """The frozen base (the mixture's exact velocity: nothing to load) and the trainable model."""
+        if not isinstance(mixture, GaussianMixture):  # e.g. `eam finetune --model gmm --model-path DIR`
+            cls.load(mixture)  # refuses, in one line
         return GMMVelocity(mixture, RectifiedFlow()), cls(mixture, **options)
+
+    @classmethod
+    def load(cls, path, **options):
+        raise ValueError("model 'gmm' is the Gaussian-mixture benchmark's, built from a case file, not loaded from "
+                         f"{path}: run `eam gmm --case FILE`")
